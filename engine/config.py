@@ -1,0 +1,196 @@
+"""RunConfig: every setting of one budgeted run, validated, with `key=value` overrides.
+
+The names of datasets, samplers and augmentations live here as plain tuples so the CLI
+and the TUI can validate input without importing torch; the engine's registries are
+tested to match them. Must not import torch, timm or sklearn.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import dataclass, fields
+from typing import Any
+
+from engine.errors import BadInput
+
+DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mini-imagenet", "imagefolder")
+SAMPLERS = ("sgd", "unif-sgd", "random-subset")
+AUGMENTATIONS = ("standard",)
+BUDGET_MODES = ("subset", "scan")
+LR_SCHEDULES = ("linear", "step")
+FIDELITIES = ("corrected", "faithful")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Fields whose value must be one of a fixed set; the error lists the set.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS,
+    "sampler": SAMPLERS,
+    "augmentation": AUGMENTATIONS,
+    "budget_mode": BUDGET_MODES,
+    "lr_schedule": LR_SCHEDULES,
+    "fidelity": FIDELITIES,
+    "device": DEVICES,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # --- data
+    dataset: str = "digits"
+    data_path: str = ""  # class-per-folder tree, imagefolder only
+    image_size: int = 0  # pixels; 0 = the dataset's native size
+    download: bool = False  # let torchvision fetch missing cifar/svhn files
+    val_size: int = 0  # samples held out of train for validation; 0 = none
+    split_seed: int = 0  # fixes the train/test and validation splits across run seeds
+    # --- model
+    model: str = "small_cnn"  # any timm name, or one of ours (engine.train.models)
+    # --- budget
+    budget: float = 1.0  # fraction of the nominal schedule, in (0, 1]
+    budget_mode: str = "subset"  # subset: k=floor(b*N) per epoch; scan: round(b*epochs) full epochs
+    epochs: int = 200  # nominal epochs of the full schedule
+    # --- sample choice and augmentation
+    sampler: str = "unif-sgd"
+    augmentation: str = "standard"
+    crop_padding: int = 4  # pixels of zero padding for the random crop
+    fidelity: str = "corrected"  # corrected | faithful (reproduce the reference code's defects)
+    # --- optimiser
+    batch_size: int = 128
+    test_batch_size: int = 100
+    lr: float = 0.1
+    lr_min: float = 1e-6  # linear schedule ends here at the last budgeted step
+    lr_schedule: str = "linear"
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule, fractions of the run's steps
+    lr_gamma: float = 0.1  # step schedule factor
+    momentum: float = 0.9
+    weight_decay: float = 1e-4  # on all parameters, biases and BN included
+    # --- execution
+    seed: int = 0  # drives init, sampling and augmentation
+    device: str = "auto"
+    compile: bool = False  # torch.compile the model (CUDA only)
+    threads: int = 0  # CPU threads for torch; 0 = torch's default
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from (possibly partial) values, converting and validating each one."""
+        known = field_types()
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise BadInput(
+                f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(known)}"
+            )
+        converted = {key: convert_value(key, value) for key, value in values.items()}
+        config = cls(**converted)
+        config.validate()
+        return config
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    def validate(self) -> None:
+        for key, choices in CHOICES.items():
+            value = getattr(self, key)
+            if value not in choices:
+                raise BadInput(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
+        checks = [
+            (0.0 < self.budget <= 1.0, "budget must be in (0, 1]"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.test_batch_size >= 1, "test_batch_size must be >= 1"),
+            (self.lr > 0 and self.lr_min >= 0, "lr must be > 0 and lr_min >= 0"),
+            (self.lr_min <= self.lr, "lr_min must not exceed lr"),
+            (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.crop_padding >= 0, "crop_padding must be >= 0"),
+            (self.val_size >= 0, "val_size must be >= 0"),
+            (self.image_size >= 0, "image_size must be >= 0"),
+            (self.seed >= 0 and self.split_seed >= 0, "seeds must be >= 0"),
+            (self.threads >= 0, "threads must be >= 0"),
+            (all(0.0 < m < 1.0 for m in self.lr_milestones), "lr_milestones are fractions in (0, 1)"),
+            (0.0 < self.lr_gamma <= 1.0, "lr_gamma must be in (0, 1]"),
+            (self.dataset != "imagefolder" or bool(self.data_path), "imagefolder needs data_path"),
+            (bool(self.model), "model must not be empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BadInput(message)
+        if (
+            self.sampler == "sgd"
+            and self.budget < 1.0
+            and self.budget_mode == "subset"
+            and self.fidelity == "corrected"
+        ):
+            raise BadInput(
+                "sampler=sgd trains on the full set each epoch, so budget < 1 needs "
+                "budget_mode=scan (or fidelity=faithful to reproduce the reference code, "
+                "whose LR just collapses early)"
+            )
+
+
+def field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(RunConfig)
+    return {f.name: hints[f.name] for f in fields(RunConfig)}
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def convert_value(key: str, value: Any) -> Any:
+    """Convert a TOML value or a command-line string to the field's type, or raise BadInput."""
+    kind = field_types()[key]
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
+        if kind is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+        if kind == tuple[float, ...]:
+            items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+            return tuple(float(item) for item in items if str(item).strip() != "")
+    except (TypeError, ValueError):
+        pass
+    type_name = getattr(kind, "__name__", str(kind))
+    raise BadInput(f"{key}={value!r} is not a valid {type_name}")
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, str]:
+    """`["budget=0.3", "sampler=p-sgd"]` -> dict; a malformed pair or unknown key is BadInput."""
+    known = field_types()
+    result: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise BadInput(f"expected key=value, got {pair!r}")
+        if key not in known:
+            raise BadInput(f"unknown config key {key!r}; valid keys: {', '.join(known)}")
+        result[key] = value.strip()
+    return result
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+

@@ -1,0 +1,128 @@
+"""Presets: named TOML diffs over RunConfig's defaults, shipped and per-user.
+
+A preset file holds `description`, a `[config]` table of overrides, and optionally
+`seeds` (how many seeds a study runs) and a `[grid]` table (key -> list of values).
+Shipped presets come with the package; user presets in <home>/presets sit beside them
+and win on a name clash. Must not import torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.config import RunConfig, convert_value, field_types
+from engine.errors import BadInput
+from engine.paths import user_presets_dir
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    source: str  # "shipped" or "user"
+    path: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: int = 1
+
+    def config(self, assignments: dict[str, Any] | None = None) -> RunConfig:
+        """The preset's config with `assignments` (key -> value) applied on top."""
+        return RunConfig.from_dict({**self.overrides, **(assignments or {})})
+
+    def grid_configs(
+        self,
+        assignments: dict[str, Any] | None = None,
+        grid: dict[str, list[Any]] | None = None,
+        seeds: int | None = None,
+    ) -> list[RunConfig]:
+        """Every config of the study: the grid's cross product times the seeds."""
+        combined = {**self.grid, **(grid or {})}
+        base = self.config(assignments)
+        seed_count = self.seeds if seeds is None else seeds
+        if seed_count < 1:
+            raise BadInput("seeds must be >= 1")
+        keys = list(combined)
+        configs = []
+        for values in itertools.product(*(combined[key] for key in keys)):
+            point = base.replace(**dict(zip(keys, values)))
+            configs.extend(point.replace(seed=point.seed + offset) for offset in range(seed_count))
+        return configs
+
+
+def shipped_presets_dir() -> Path:
+    """The packaged presets folder (installed as budget_tui_presets), or the source tree's."""
+    try:
+        import budget_tui_presets
+
+        return Path(budget_tui_presets.__file__).parent
+    except ImportError:
+        return Path(__file__).resolve().parent.parent / "presets"
+
+
+def load_preset_file(path: Path, source: str) -> Preset:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise BadInput(f"malformed preset {path}: {error}") from error
+    allowed = {"description", "config", "grid", "seeds"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise BadInput(f"preset {path}: unknown top-level key(s) {', '.join(unknown)}; "
+                       f"allowed: {', '.join(sorted(allowed))}")
+    overrides = data.get("config", {})
+    grid = data.get("grid", {})
+    seeds = data.get("seeds", 1)
+    if not isinstance(overrides, dict) or not isinstance(grid, dict):
+        raise BadInput(f"preset {path}: [config] and [grid] must be tables")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise BadInput(f"preset {path}: seeds must be an integer >= 1")
+    preset = Preset(
+        name=path.stem,
+        description=str(data.get("description", "")),
+        source=source,
+        path=path,
+        overrides=dict(overrides),
+        grid={key: parse_grid_values(key, values) for key, values in grid.items()},
+        seeds=seeds,
+    )
+    preset.config()  # an invalid preset is reported when loaded, not when run
+    return preset
+
+
+def parse_grid_values(key: str, values: Any) -> list[Any]:
+    """Grid values from TOML (a list) or the command line ("a,b,c"), each converted."""
+    if key not in field_types():
+        raise BadInput(f"unknown grid key {key!r}; valid keys: {', '.join(field_types())}")
+    items = values if isinstance(values, list) else [v for v in str(values).split(",") if v.strip()]
+    if not items:
+        raise BadInput(f"grid {key} has no values")
+    return [convert_value(key, item.strip() if isinstance(item, str) else item) for item in items]
+
+
+def preset_paths(home: Path | None) -> dict[str, tuple[Path, str]]:
+    """name -> (file, source); a user preset replaces a shipped one of the same name."""
+    found: dict[str, tuple[Path, str]] = {}
+    folders = [(shipped_presets_dir(), "shipped")]
+    if home is not None:
+        folders.append((user_presets_dir(home), "user"))
+    for folder, source in folders:
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.toml")):
+                found[path.stem] = (path, source)
+    return dict(sorted(found.items()))
+
+
+def list_presets(home: Path | None) -> list[Preset]:
+    return [load_preset_file(path, source) for path, source in preset_paths(home).values()]
+
+
+def get_preset(name: str, home: Path | None) -> Preset:
+    """Load one preset by name; only that file is read, so a broken neighbour does not matter."""
+    paths = preset_paths(home)
+    if name not in paths:
+        raise BadInput(f"unknown preset {name!r}; available: {', '.join(paths) or '(none)'}")
+    return load_preset_file(*paths[name])

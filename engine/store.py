@@ -1,0 +1,159 @@
+"""The history store: one TinyDB record per run, safe under several processes and crashes.
+
+TinyDB alone is not multi-process safe (it writes in place and caches queries), so every
+transaction reads the file once under an inter-process lock (filelock), works in memory,
+and writes back atomically (temp file, fsync, os.replace) with the previous good version
+kept as a backup. Readers never lock: the atomic replace means they see a whole file.
+Per-epoch curves live in runs/<id>/metrics.jsonl, not here. Must not import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from filelock import FileLock
+from tinydb import TinyDB
+from tinydb.storages import Storage
+from tinydb.table import Document, Table
+
+from engine.errors import BudgetTuiError, NotFound
+
+SCHEMA_VERSION = 1
+RUNS_TABLE = "runs"
+META_TABLE = "_meta"
+LOCK_TIMEOUT_S = 60.0
+
+
+class StoreCorrupted(BudgetTuiError):
+    """The history file does not parse; the message names it and its backup."""
+
+
+class _MemoryStorage(Storage):
+    """Hands TinyDB the dict read once per transaction; records whether it was changed."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.dirty = False
+
+    def read(self) -> dict[str, Any]:
+        return self.data
+
+    def write(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.dirty = True
+
+
+class Store:
+    """Runs in the history file at `path` (created on the first write)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.backup_path = self.path.with_name(self.path.name + ".bak")
+        self.lock = FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S)
+
+    # --- raw file access
+    def _read_file(self) -> dict[str, Any]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        try:
+            data = json.loads(text) if text.strip() else {}
+            if not isinstance(data, dict):
+                raise ValueError("top level is not an object")
+        except ValueError as error:
+            backup = (
+                f"the last good version is {self.backup_path}"
+                if self.backup_path.exists()
+                else "no backup exists"
+            )
+            raise StoreCorrupted(
+                f"history file {self.path} is corrupted ({error}); {backup}. "
+                f"Move the file aside (or copy the backup over it) to continue."
+            ) from error
+        return _migrate(data)
+
+    def _write_file(self, data: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as file:
+                json.dump(data, file, separators=(",", ":"))
+                file.flush()
+                os.fsync(file.fileno())
+            if self.path.exists():
+                # Keep the last good version: a hard link costs nothing and is never partial.
+                if self.backup_path.exists():
+                    self.backup_path.unlink()
+                os.link(self.path, self.backup_path)
+            os.replace(temporary, self.path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
+
+    # --- transactions
+    @contextmanager
+    def transaction(self) -> Iterator[Table]:
+        """Read-modify-write of the runs table under the lock; written once, if changed."""
+        with self.lock:
+            storage = _MemoryStorage(self._read_file())
+            database = TinyDB(storage=lambda: storage)
+            table = database.table(RUNS_TABLE, cache_size=0)
+            yield table
+            if storage.dirty:
+                data = storage.data
+                data.setdefault(META_TABLE, {"1": {"schema": SCHEMA_VERSION}})
+                self._write_file(data)
+
+    def _snapshot(self) -> Table:
+        """A lock-free, read-only view of the runs table as of now."""
+        storage = _MemoryStorage(self._read_file())
+        return TinyDB(storage=lambda: storage).table(RUNS_TABLE, cache_size=0)
+
+    # --- operations
+    def add_runs(self, records: list[dict[str, Any]]) -> list[int]:
+        """Insert many runs in one write; returns their ids (also stored as record['id'])."""
+        with self.transaction() as table:
+            ids = table.insert_multiple(records)
+            for run_id in ids:
+                table.update({"id": run_id}, doc_ids=[run_id])
+        return ids
+
+    def update_run(self, run_id: int, **fields: Any) -> dict[str, Any]:
+        with self.transaction() as table:
+            if not table.contains(doc_id=run_id):
+                raise NotFound(f"no run with id {run_id} in {self.path}")
+            table.update(fields, doc_ids=[run_id])
+            return _plain(table.get(doc_id=run_id))
+
+    def get_run(self, run_id: int) -> dict[str, Any]:
+        record = self._snapshot().get(doc_id=run_id)
+        if record is None:
+            raise NotFound(f"no run with id {run_id} in {self.path}")
+        return _plain(record)
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        return [_plain(record) for record in self._snapshot().all()]
+
+
+def _plain(document: Document | None) -> dict[str, Any]:
+    record = dict(document or {})
+    if document is not None:
+        record["id"] = document.doc_id
+    return record
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older file up to SCHEMA_VERSION in memory (files without _meta are version 1)."""
+    meta = data.get(META_TABLE, {}).get("1", {"schema": 1})
+    if meta.get("schema", 1) > SCHEMA_VERSION:
+        raise BudgetTuiError(
+            f"the history file was written by a newer budget-tui (schema {meta['schema']}); upgrade"
+        )
+    return data

@@ -1,0 +1,149 @@
+"""Samplers: which training samples each optimiser step uses, behind a registry.
+
+A sampler yields the batches of one epoch as device index tensors (and optional
+per-sample loss weights). Per-sample state (scores, visit counts) lives on the device and
+is saved in checkpoints through `state_dict`. Importance samplers get per-sample losses
+from the training forward through `observe`, and may run extra no-grad scoring forwards
+through the Scorer the loop hands them, which counts every sample it forwards.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar, Iterator, NamedTuple
+
+import torch
+
+from engine.config import RunConfig
+from engine.errors import BadInput
+from engine.train.budget import BudgetPlan
+
+
+class Batch(NamedTuple):
+    indices: torch.Tensor  # (B,) int64 training-set ids, on the device
+    weights: torch.Tensor | None = None  # (B,) per-sample loss weights; None = all ones
+
+
+class Scorer:
+    """Extra no-grad forwards for samplers that score candidates before choosing.
+
+    `forward(indices, train_mode)` returns (logits, labels) for the augmented candidates;
+    eval mode leaves BN statistics untouched. Every forwarded sample is counted, so a
+    sampler's extra compute shows up in the run's accounting.
+    """
+
+    def __init__(self, forward: Callable[[torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]):
+        self._forward = forward
+        self.forwarded = 0
+
+    def __call__(self, indices: torch.Tensor, *, train_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        self.forwarded += indices.shape[0]
+        return self._forward(indices, train_mode)
+
+
+class Sampler:
+    """Base class. Subclasses set `name` (by registering) and implement `epoch_batches`."""
+
+    name: ClassVar[str]
+    needs_scores: ClassVar[bool] = False  # the loop calls observe() after each training forward
+
+    def __init__(
+        self,
+        num_samples: int,
+        plan: BudgetPlan,
+        batch_size: int,
+        generator: torch.Generator,
+        config: RunConfig,
+    ) -> None:
+        self.num_samples = num_samples
+        self.plan = plan
+        self.batch_size = batch_size
+        self.generator = generator
+        self.device = generator.device
+        self.config = config
+        self._state: dict[str, torch.Tensor] = {}
+
+    def register_state(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Keep a per-sample tensor in checkpoints (restored in place on resume)."""
+        self._state[name] = tensor
+        return tensor
+
+    def epoch_batches(self, epoch: int, scorer: Scorer) -> Iterator[Batch]:
+        """The batches of 0-based `epoch`: exactly plan.steps_per_epoch of them unless the
+        sampler's own budget runs out first."""
+        raise NotImplementedError
+
+    def observe(self, indices: torch.Tensor, losses: torch.Tensor, true_class_probs: torch.Tensor) -> None:
+        """Per-sample training losses and softmax probabilities of the true class, detached."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: tensor.clone() for name, tensor in self._state.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, tensor in state.items():
+            self._state[name].copy_(tensor)
+
+    # Helpers shared by the uniform samplers.
+    def _permutation(self, count: int) -> torch.Tensor:
+        return torch.randperm(count, generator=self.generator, device=self.device)
+
+    def _slices(self, order: torch.Tensor) -> Iterator[Batch]:
+        size = self.batch_size
+        for step in range(self.plan.steps_per_epoch):
+            yield Batch(order[step * size : (step + 1) * size])
+
+
+SAMPLERS: dict[str, type[Sampler]] = {}
+
+
+def register_sampler(name: str) -> Callable[[type[Sampler]], type[Sampler]]:
+    def decorate(cls: type[Sampler]) -> type[Sampler]:
+        cls.name = name
+        SAMPLERS[name] = cls
+        return cls
+
+    return decorate
+
+
+def create_sampler(
+    name: str, num_samples: int, plan: BudgetPlan, batch_size: int, generator: torch.Generator,
+    config: RunConfig,
+) -> Sampler:
+    if name not in SAMPLERS:
+        raise BadInput(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](num_samples, plan, batch_size, generator, config)
+
+
+@register_sampler("sgd")
+class FullDataSampler(Sampler):
+    """The whole training set, reshuffled every epoch."""
+
+    def epoch_batches(self, epoch: int, scorer: Scorer) -> Iterator[Batch]:
+        return self._slices(self._permutation(self.num_samples))
+
+
+@register_sampler("unif-sgd")
+class UniformSubsetSampler(Sampler):
+    """k samples drawn uniformly without replacement, re-drawn every epoch.
+
+    The first k entries of a fresh permutation are such a draw; drop_last then uses the
+    first steps_per_epoch * batch_size of them, in that (random) order.
+    """
+
+    def epoch_batches(self, epoch: int, scorer: Scorer) -> Iterator[Batch]:
+        return self._slices(self._permutation(self.num_samples)[: self.plan.samples_per_epoch])
+
+
+@register_sampler("random-subset")
+class FixedSubsetSampler(Sampler):
+    """One uniform subset of k samples drawn in the first epoch, reshuffled and reused."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.subset = self.register_state(
+            "subset", torch.full((self.plan.samples_per_epoch,), -1, dtype=torch.long, device=self.device)
+        )
+
+    def epoch_batches(self, epoch: int, scorer: Scorer) -> Iterator[Batch]:
+        if epoch == 0:
+            self.subset.copy_(self._permutation(self.num_samples)[: self.plan.samples_per_epoch])
+        return self._slices(self.subset[self._permutation(self.plan.samples_per_epoch)])

@@ -1,0 +1,1 @@
+"""Shipped presets: TOML files, each a small diff over RunConfig's defaults."""

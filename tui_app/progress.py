@@ -1,0 +1,66 @@
+"""A live progress bar for one run on stderr: epoch, loss, test accuracy, images/s, ETA.
+
+Fed with the engine's events; never touches torch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class RunProgress:
+    """Context manager turning training events into a rich progress bar."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.task = self.progress.add_task(label, total=None, status="starting")
+        self.epoch_status = ""
+        self.started = time.monotonic()
+        self.first_step: tuple[float, int] | None = None
+
+    def __enter__(self) -> RunProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.stop()
+
+    def update(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind in ("start", "resume"):
+            plan = event.get("plan")
+            if plan:
+                self.progress.update(self.task, total=plan["total_steps"], status=f"on {event['device']}")
+            if kind == "resume":
+                self.progress.update(self.task, completed=event["step"])
+        elif kind == "step":
+            self._rate_point(event["step"])
+            self.progress.update(self.task, completed=event["step"],
+                                 status=f"epoch {event['epoch']} {self.epoch_status}")
+        elif kind == "epoch":
+            self.epoch_status = (
+                f"loss {event['train_loss']:.3f} test {event['test_acc']:.2%} "
+                f"{event['images_per_s']:,.0f} img/s"
+            )
+            self.progress.update(
+                self.task, completed=event["step"], total=event["total_steps"],
+                status=f"epoch {event['epoch']}/{event['total_epochs']} {self.epoch_status}",
+            )
+
+    def _rate_point(self, step: int) -> None:
+        if self.first_step is None:
+            self.first_step = (time.monotonic(), step)
