@@ -7,6 +7,7 @@ test exhaustively.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from engine.config import RunConfig
@@ -33,10 +34,11 @@ def plan_budget(config: RunConfig, num_train: int) -> BudgetPlan:
     if full_steps < 1:
         raise ValueError(f"batch_size {batch} exceeds the {num_train} training samples")
     nominal_steps = config.epochs * full_steps
-    budget_k = int(config.budget * num_train)  # floor(b*N); b*N >= 0
+    # floor(b*N) of the budget as typed: 0.29 * 100 is 28.999... in binary floating point.
+    budget_k = math.floor(round(config.budget * num_train, 9))
     if config.budget_mode == "scan":
         # Budget-scaled epochs: full data, round(b*epochs) of them.
-        epochs = max(1, round(config.budget * config.epochs))
+        epochs = max(1, math.floor(config.budget * config.epochs + 0.5))  # halves round up
         steps_per_epoch = full_steps
         plan = BudgetPlan(num_train, num_train, steps_per_epoch, epochs,
                           epochs * steps_per_epoch, nominal_steps, epochs * steps_per_epoch)
@@ -44,8 +46,10 @@ def plan_budget(config: RunConfig, num_train: int) -> BudgetPlan:
         # Plain SGD sees the full set every epoch. Validation only lets b < 1 through here
         # in faithful mode, where the LR spans the budgeted steps and then stays at lr_min.
         budget_steps = config.epochs * (budget_k // batch)
+        if budget_steps < 1:
+            raise ValueError(f"budget {config.budget} of {num_train} samples is under one batch of {batch}")
         plan = BudgetPlan(num_train, num_train, full_steps, config.epochs, nominal_steps,
-                          nominal_steps, max(1, budget_steps))
+                          nominal_steps, budget_steps)
     else:
         steps_per_epoch = budget_k // batch
         if steps_per_epoch < 1:
@@ -69,8 +73,6 @@ def learning_rate(step: int, plan: BudgetPlan, config: RunConfig) -> float:
     if config.lr_schedule == "step":
         passed = sum(1 for fraction in config.lr_milestones if step > fraction * total)
         return config.lr * config.lr_gamma**passed
-    if step > total:
-        return config.lr_min
-    if total == 1:
-        return config.lr
+    if step >= total:
+        return config.lr_min if total > 1 else config.lr
     return config.lr - (step - 1) * (config.lr - config.lr_min) / (total - 1)
