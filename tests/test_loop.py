@@ -373,3 +373,13 @@ def test_digits_quick_preset_reaches_95_percent(tmp_path, digits):
     summary = train(config, tmp_path / "run", data_root=tmp_path, data=(digits, None))
     assert summary["epochs_run"] == 15
     assert summary["final_test_acc"] >= 0.95
+
+
+def test_a_diverging_run_fails_instead_of_reporting_garbage(tmp_path):
+    from engine.train.loop import TrainingDiverged
+
+    config = RunConfig(dataset="digits", model="small_cnn", epochs=2, batch_size=64, crop_padding=1,
+                       device="cpu", threads=1, lr=1e6, momentum=0.0)
+    with pytest.raises(TrainingDiverged):
+        train(config, tmp_path / "run", data_root=tmp_path)
+    assert not (tmp_path / "run" / "summary.json").exists()

@@ -7,6 +7,7 @@ checkpoint/resume. Printing, the history store and seed loops live outside.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
 USAGE_NAME = "usage.pt"
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run fails instead of reporting garbage."""
+
 
 EventHandler = Callable[[dict[str, Any]], None]
 
@@ -108,7 +113,8 @@ def check_runnable(
 def prepare(splits: DatasetSplits, val: tuple[torch.Tensor, torch.Tensor] | None, device: torch.device) -> Prepared:
     channels = splits.train_images.shape[1]
     mean = torch.tensor(splits.mean, device=device).reshape(1, channels, 1, 1) * 255.0
-    std = torch.tensor(splits.std, device=device).reshape(1, channels, 1, 1) * 255.0
+    # A constant channel has std 0; one grey level keeps the division finite.
+    std = torch.tensor(splits.std, device=device).reshape(1, channels, 1, 1).clamp_min(1 / 255) * 255.0
     return Prepared(
         splits=splits,
         train_images=splits.train_images.to(device),
@@ -288,6 +294,9 @@ def train(
             time_eval_s=accounting.time_eval_s,
             images_per_s=epoch_backprop / max(epoch_time, 1e-9),
         )
+        if not math.isfinite(record["train_loss"]):
+            raise TrainingDiverged(f"training loss is {record['train_loss']} in epoch {epoch + 1}; "
+                                   "lower lr or check the data")
         history.append(record)
 
         # 6. Checkpoint first, then the metrics line: a crash between the two loses nothing,

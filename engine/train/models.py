@@ -21,6 +21,7 @@ REGISTERED_MODELS: tuple[str, ...] = (
     "cifar_preact_resnet18",
     "cifar_wrn_28_10",
     "small_cnn",
+    "cifar_small_cnn",
 )
 
 # What timm.create_model hands every entrypoint besides the model's own arguments.
@@ -174,19 +175,20 @@ class SmallCNN(ClassifierNet):
         in_chans: int = 1,
         widths: tuple[int, int, int] = (32, 64, 128),
         drop_rate: float = 0.0,  # before the classifier
+        stem_stride: int = 1,  # 2 halves the resolution at once: cheap on 32x32 inputs
     ):
         super().__init__()
         self.in_chans = in_chans
 
-        def conv_bn_relu(in_width: int, out_width: int) -> list[nn.Module]:
+        def conv_bn_relu(in_width: int, out_width: int, stride: int = 1) -> list[nn.Module]:
             return [
-                nn.Conv2d(in_width, out_width, 3, padding=1, bias=False),
+                nn.Conv2d(in_width, out_width, 3, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(out_width),
                 nn.ReLU(inplace=True),
             ]
 
         self.features = nn.Sequential(
-            *conv_bn_relu(in_chans, widths[0]),
+            *conv_bn_relu(in_chans, widths[0], stem_stride),
             *conv_bn_relu(widths[0], widths[1]),
             # ceil_mode keeps odd sizes (and 1x1 inputs) valid instead of shrinking them to zero.
             nn.MaxPool2d(2, ceil_mode=True),
@@ -237,6 +239,15 @@ def small_cnn(
     """Small fast CNN for 8x8 grey digits; any input size and channel count."""
     kwargs = _model_kwargs("small_cnn", pretrained, kwargs)
     return SmallCNN(num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model
+def cifar_small_cnn(
+    pretrained: bool = False, num_classes: int = 10, in_chans: int = 3, **kwargs: Any
+) -> nn.Module:
+    """small_cnn for 32x32 colour images on a CPU: stride-2 stem, widths 16/32/64 (~5 MFLOP)."""
+    kwargs = _model_kwargs("cifar_small_cnn", pretrained, kwargs)
+    return SmallCNN(num_classes=num_classes, in_chans=in_chans, widths=(16, 32, 64), stem_stride=2, **kwargs)
 
 
 def build_model(name: str, num_classes: int, in_chans: int) -> torch.nn.Module:

@@ -1,0 +1,96 @@
+"""The history store: atomic writes, a backup, clear errors, old files, several writers."""
+
+import json
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine.errors import NotFound
+from engine.store import Store, StoreCorrupted
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_add_update_get_list(tmp_path):
+    store = Store(tmp_path / "history.json")
+    ids = store.add_runs([{"state": "queued", "n": 1}, {"state": "queued", "n": 2}])
+    assert ids == [1, 2]
+    store.update_run(2, state="done", summary={"final_test_acc": 0.5})
+    assert store.get_run(2) == {"id": 2, "state": "done", "n": 2, "summary": {"final_test_acc": 0.5}}
+    assert [record["n"] for record in store.list_runs()] == [1, 2]
+    with pytest.raises(NotFound):
+        store.get_run(3)
+    with pytest.raises(NotFound):
+        store.update_run(3, state="done")
+
+
+def test_a_bulk_add_is_one_write(tmp_path, monkeypatch):
+    store = Store(tmp_path / "history.json")
+    writes = []
+    original = store._write_file
+    monkeypatch.setattr(store, "_write_file", lambda data: (writes.append(1), original(data)))
+    store.add_runs([{"state": "queued"} for _ in range(100)])
+    assert len(writes) == 1 and len(store.list_runs()) == 100
+
+
+def test_the_file_carries_a_schema_version_and_the_previous_version_is_kept(tmp_path):
+    store = Store(tmp_path / "history.json")
+    store.add_runs([{"state": "queued"}])
+    store.update_run(1, state="running")
+    data = json.loads((tmp_path / "history.json").read_text())
+    assert data["_meta"]["1"]["schema"] == 1
+    backup = json.loads((tmp_path / "history.json.bak").read_text())
+    assert backup["runs"]["1"]["state"] == "queued" and data["runs"]["1"]["state"] == "running"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_corrupted_file_names_the_file_and_the_backup_and_is_left_alone(tmp_path):
+    store = Store(tmp_path / "history.json")
+    store.add_runs([{"state": "queued"}])
+    store.update_run(1, state="done")
+    (tmp_path / "history.json").write_text('{"runs": {"1": ')
+    with pytest.raises(StoreCorrupted) as raised:
+        store.list_runs()
+    message = str(raised.value)
+    assert str(tmp_path / "history.json") in message and str(tmp_path / "history.json.bak") in message
+    with pytest.raises(StoreCorrupted):
+        store.add_runs([{"state": "queued"}])  # never a silent reset
+    assert (tmp_path / "history.json").read_text() == '{"runs": {"1": '
+
+
+def test_an_old_history_file_keeps_loading(tmp_path):
+    shutil.copy(FIXTURES / "history_v1.json", tmp_path / "history.json")
+    store = Store(tmp_path / "history.json")
+    runs = store.list_runs()
+    assert [(run["id"], run["state"]) for run in runs] == [(1, "done"), (2, "failed")]
+    assert store.add_runs([{"state": "queued"}]) == [3]
+
+
+def _writer(path: str, worker: int, count: int) -> None:
+    store = Store(Path(path))
+    for index in range(count):
+        (run_id,) = store.add_runs([{"worker": worker, "index": index, "state": "queued"}])
+        store.update_run(run_id, state="done")
+
+
+def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
+    path = tmp_path / "history.json"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_writer, args=(str(path), worker, 25)) for worker in range(4)]
+    for process in workers:
+        process.start()
+    reads = 0
+    while any(process.is_alive() for process in workers):
+        if path.exists():
+            Store(path).list_runs()  # a reader must always see a whole file
+            reads += 1
+    for process in workers:
+        process.join()
+        assert process.exitcode == 0
+    runs = Store(path).list_runs()
+    assert len(runs) == 100 and reads > 0
+    assert sorted((run["worker"], run["index"]) for run in runs) == [(w, i) for w in range(4) for i in range(25)]
+    assert sorted(run["id"] for run in runs) == list(range(1, 101))
+    assert all(run["state"] == "done" for run in runs)
