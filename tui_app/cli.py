@@ -145,7 +145,7 @@ def run(
         raise fail(error) from None
     results = []
     for index, (run_id, config, data) in enumerate(zip(ids, configs, datasets), start=1):
-        label = f"run {run_id} ({index}/{len(ids)}) {preset} seed={config.seed}"
+        label = f"run {run_id} [{index}/{len(ids)}] seed {config.seed}"
         with RunProgress(label) as progress:
             try:
                 summary = execute_run(store, home_dir, run_id, config, data=data,

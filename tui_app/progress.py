@@ -5,11 +5,10 @@ Fed with the engine's events; never touches torch.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 
 class RunProgress:
@@ -17,11 +16,11 @@ class RunProgress:
 
     def __init__(self, label: str) -> None:
         self.label = label
+        # Fits 80 columns: label, a short bar, epoch/loss/acc/rate, ETA.
         self.progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=12),
             TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=Console(stderr=True),
@@ -29,8 +28,6 @@ class RunProgress:
         )
         self.task = self.progress.add_task(label, total=None, status="starting")
         self.epoch_status = ""
-        self.started = time.monotonic()
-        self.first_step: tuple[float, int] | None = None
 
     def __enter__(self) -> RunProgress:
         self.progress.start()
@@ -48,19 +45,14 @@ class RunProgress:
             if kind == "resume":
                 self.progress.update(self.task, completed=event["step"])
         elif kind == "step":
-            self._rate_point(event["step"])
             self.progress.update(self.task, completed=event["step"],
-                                 status=f"epoch {event['epoch']} {self.epoch_status}")
+                                 status=f"ep {event['epoch']} {self.epoch_status}")
         elif kind == "epoch":
             self.epoch_status = (
-                f"loss {event['train_loss']:.3f} test {event['test_acc']:.2%} "
-                f"{event['images_per_s']:,.0f} img/s"
+                f"loss {event['train_loss']:.3f} acc {event['test_acc']:.1%} "
+                f"{event['images_per_s']:,.0f} im/s"
             )
             self.progress.update(
                 self.task, completed=event["step"], total=event["total_steps"],
-                status=f"epoch {event['epoch']}/{event['total_epochs']} {self.epoch_status}",
+                status=f"ep {event['epoch']}/{event['total_epochs']} {self.epoch_status}",
             )
-
-    def _rate_point(self, step: int) -> None:
-        if self.first_step is None:
-            self.first_step = (time.monotonic(), step)
