@@ -15,8 +15,9 @@ from typing import Any
 from engine.errors import BadInput
 
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mini-imagenet", "imagefolder")
-SAMPLERS = ("sgd", "unif-sgd", "random-subset")
-AUGMENTATIONS = ("standard",)
+SAMPLERS = ("sgd", "unif-sgd", "random-subset", "p-sgd", "c-sgd", "sb", "ub", "infobatch")
+AUGMENTATIONS = ("standard", "mixup", "cutmix", "ricap", "randaugment")
+SCORE_AVERAGES = ("mean", "last")
 BUDGET_MODES = ("subset", "scan")
 LR_SCHEDULES = ("linear", "step")
 FIDELITIES = ("corrected", "faithful")
@@ -31,6 +32,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lr_schedule": LR_SCHEDULES,
     "fidelity": FIDELITIES,
     "device": DEVICES,
+    "score_average": SCORE_AVERAGES,
 }
 
 
@@ -54,6 +56,22 @@ class RunConfig:
     augmentation: str = "standard"
     crop_padding: int = 4  # pixels of zero padding for the random crop
     fidelity: str = "corrected"  # corrected | faithful (reproduce the reference code's defects)
+    # --- sampler options (SPEC §3)
+    score_smoothing: bool = True  # p-sgd/c-sgd epsilon: P = 0.5*s/sum(s) + 0.5/N
+    score_average: str = "mean"  # p-sgd/c-sgd score: mean over all visits | last value
+    warmup_epochs: int = 0  # p-sgd/c-sgd: uniform epochs before importance sampling
+    sb_beta: float = 0.0  # selective backprop exponent; 0 = 1/budget - 1
+    sb_history: int = 1024  # losses kept for sb's percentile
+    ub_presample: int = 3  # ub scores presample x batch_size candidates per step
+    ub_tau_momentum: float = 0.9  # EMA momentum of ub's variance-reduction estimate
+    infobatch_prune: float = 0.5  # r: share of below-mean-loss samples dropped
+    infobatch_final_fraction: float = 0.125  # last epochs on the full data
+    # --- augmentation options (SPEC §4)
+    mixup_alpha: float = 0.3  # lambda ~ Beta(alpha, alpha), one per batch
+    cutmix_alpha: float = 1.0
+    ricap_beta: float = 0.3
+    randaugment_ops: int = 2  # N ops per image
+    randaugment_magnitude: int = 4  # M on the 0..30 scale
     # --- optimiser
     batch_size: int = 128
     test_batch_size: int = 100
@@ -112,6 +130,15 @@ class RunConfig:
             (all(0.0 < m < 1.0 for m in self.lr_milestones), "lr_milestones are fractions in (0, 1)"),
             (0.0 < self.lr_gamma <= 1.0, "lr_gamma must be in (0, 1]"),
             (self.dataset != "imagefolder" or bool(self.data_path), "imagefolder needs data_path"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (self.sb_beta >= 0 and self.sb_history >= 1, "sb_beta must be >= 0 and sb_history >= 1"),
+            (self.ub_presample >= 1, "ub_presample must be >= 1"),
+            (0.0 <= self.ub_tau_momentum < 1.0, "ub_tau_momentum must be in [0, 1)"),
+            (0.0 <= self.infobatch_prune < 1.0, "infobatch_prune must be in [0, 1)"),
+            (0.0 <= self.infobatch_final_fraction <= 1.0, "infobatch_final_fraction must be in [0, 1]"),
+            (min(self.mixup_alpha, self.cutmix_alpha, self.ricap_beta) > 0, "mixing parameters must be > 0"),
+            (self.randaugment_ops >= 0, "randaugment_ops must be >= 0"),
+            (0 <= self.randaugment_magnitude <= 30, "randaugment_magnitude must be in [0, 30]"),
             (bool(self.model), "model must not be empty"),
         ]
         for ok, message in checks:

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+
+from engine.config import RunConfig
 import torch.nn.functional as F
 
 from engine.train.augment import (
@@ -128,7 +130,7 @@ def test_same_seed_same_output_and_different_seed_different_output():
 
 def test_standard_augmentation_wraps_the_crop_with_identity_sources():
     images = _distinct_images(8, 3, 8, 8)
-    augmentation = create_augmentation("standard", padding=2, flip=True)
+    augmentation = create_augmentation("standard", RunConfig(crop_padding=2), flip=True)
     assert isinstance(augmentation, StandardAugmentation)
     batch = augmentation(images, torch.Generator().manual_seed(4))
     assert torch.equal(batch.images, _run(images, 2, True, seed=4))

@@ -32,7 +32,7 @@ TIMING_KEYS = {"time_train_s", "time_eval_s", "images_per_s"}
 METRICS_KEYS = {
     "epoch", "step", "lr", "train_loss", "test_acc", "test_loss", "samples_backprop",
     "samples_forwarded", "distinct_seen", "usage_entropy", "time_train_s", "time_eval_s",
-    "images_per_s",
+    "images_per_s", "loss_weight_mean", "loss_weight_std",
 }
 
 

@@ -9,6 +9,7 @@ import engine.config
 from engine.config import RunConfig
 from engine.errors import BadInput
 from engine.train import augment, samplers
+from engine.train.augment import Credit
 from engine.train.budget import plan_budget
 from engine.train.data import load_dataset
 from engine.train.loop import train
@@ -49,7 +50,8 @@ def _epoch(sampler: Sampler, epoch: int, scorer: Scorer) -> list[Batch]:
         batches.append(batch)
         if sampler.needs_scores:
             size = batch.indices.shape[0]
-            sampler.observe(batch.indices, torch.ones(size), torch.full((size,), 0.5))
+            sampler.observe(Credit(batch.indices, torch.ones(size), batch.indices, torch.full((size,), 0.5),
+                                   torch.ones(size)))
     return batches
 
 

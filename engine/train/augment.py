@@ -9,11 +9,12 @@ loss is per sample with soft targets and samplers can credit each source sample.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from engine.config import RunConfig
 from engine.errors import BadInput
 
 
@@ -31,8 +32,9 @@ class Augmentation:
 
     name: ClassVar[str]
 
-    def __init__(self, *, padding: int, flip: bool) -> None:
-        self.padding = padding
+    def __init__(self, config: RunConfig, *, flip: bool) -> None:
+        self.config = config
+        self.padding = config.crop_padding
         self.flip = flip
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
@@ -51,10 +53,11 @@ def register_augmentation(name: str) -> Callable[[type[Augmentation]], type[Augm
     return decorate
 
 
-def create_augmentation(name: str, *, padding: int, flip: bool) -> Augmentation:
+def create_augmentation(name: str, config: RunConfig, *, flip: bool) -> Augmentation:
+    """`flip`: whether the dataset allows horizontal flips (not on digits or SVHN)."""
     if name not in AUGMENTATIONS:
         raise BadInput(f"unknown augmentation {name!r}; choose one of: {', '.join(AUGMENTATIONS)}")
-    return AUGMENTATIONS[name](padding=padding, flip=flip)
+    return AUGMENTATIONS[name](config, flip=flip)
 
 
 def random_crop_flip(
@@ -113,3 +116,39 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, batch: Augmented
     for sources, weights in zip(batch.sources, batch.label_weights):
         loss = loss - weights * log_probs.gather(1, labels[sources][:, None]).squeeze(1)
     return loss
+
+
+class Credit(NamedTuple):
+    """What a training step tells a sampler about the samples it used (SPEC §3, §4)."""
+
+    indices: torch.Tensor  # (B,) training ids of the batch, in batch order
+    losses: torch.Tensor  # (B,) per-sample training loss of each (possibly mixed) image
+    ids: torch.Tensor  # (M,) training ids credited with a difficulty
+    difficulty: torch.Tensor  # (M,) 1 - softmax(logits)[label] for the credited sample's label
+    weight: torch.Tensor  # (M,) the credited sample's share of the image (1 without mixing)
+
+
+def score_credit(
+    indices: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    batch: AugmentedBatch,
+    losses: torch.Tensor,
+    *,
+    faithful: bool,
+) -> Credit:
+    """Credit each source sample with its own label's difficulty, weighted by its share
+    (corrected), or the whole mixed image to the un-permuted sample only, as the
+    reference code does even under RICAP where that sample may not be in the collage
+    (faithful). Without mixing both are the same."""
+    probs = torch.softmax(logits.detach().float(), dim=1)
+    losses = losses.detach()
+    if batch.label_weights is None or faithful:
+        difficulty = 1.0 - probs.gather(1, labels[:, None]).squeeze(1)
+        return Credit(indices, losses, indices, difficulty, torch.ones_like(difficulty))
+    ids, difficulty, weight = [], [], []
+    for sources, weights in zip(batch.sources, batch.label_weights):
+        ids.append(indices[sources])
+        difficulty.append(1.0 - probs.gather(1, labels[sources][:, None]).squeeze(1))
+        weight.append(weights.float())
+    return Credit(indices, losses, torch.cat(ids), torch.cat(difficulty), torch.cat(weight))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from engine.config import RunConfig
 from engine.errors import BadInput
-from engine.train.augment import create_augmentation, per_sample_loss
+from engine.train.augment import create_augmentation, per_sample_loss, score_credit
 from engine.train.budget import BudgetPlan, learning_rate, plan_budget
 from engine.train.data import DatasetSplits, load_dataset, split_validation
 from engine.train.models import REGISTERED_MODELS, build_model, forward_flops_per_sample
@@ -178,7 +178,7 @@ def train(
     )
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
-    augmentation = create_augmentation(config.augmentation, padding=config.crop_padding, flip=splits.flip)
+    augmentation = create_augmentation(config.augmentation, config, flip=splits.flip)
     sampler = create_sampler(config.sampler, num_train, plan, config.batch_size, generator, config)
     usage = torch.zeros(num_train, dtype=torch.long, device=device)
 
@@ -233,6 +233,8 @@ def train(
     for epoch in range(start_epoch, plan.epochs):
         model.train()
         loss_sum = torch.zeros((), device=device)
+        weight_sums = torch.zeros(2, device=device)  # sum and sum of squares of loss weights
+        unweighted = 0  # samples of batches without weights (weight 1)
         epoch_backprop = 0
         epoch_start = time.perf_counter()
         for batch in sampler.epoch_batches(epoch, scorer):
@@ -255,9 +257,13 @@ def train(
             epoch_backprop += size
             loss_sum += losses.detach().sum()
             usage.index_add_(0, batch.indices, ones[:size])
+            if batch.weights is None:
+                unweighted += size
+            else:
+                weight_sums += torch.stack((batch.weights.sum(), batch.weights.square().sum()))
             if sampler.needs_scores:
-                probs = torch.softmax(logits.detach().float(), dim=1)
-                sampler.observe(batch.indices, losses.detach(), probs.gather(1, labels[:, None]).squeeze(1))
+                sampler.observe(score_credit(batch.indices, logits, labels, augmented, losses,
+                                             faithful=config.fidelity == "faithful"))
             if step % progress_every == 0:
                 emit({"event": "step", "epoch": epoch + 1, "step": step, "total_steps": plan.total_steps})
         if cuda:
@@ -285,7 +291,11 @@ def train(
                 model, forward, normalise, prepared.val[0], prepared.val[1], config.test_batch_size)
         accounting.time_eval_s += time.perf_counter() - eval_start
         epoch_time = time.perf_counter() - epoch_start
+        weight_mean, weight_std = _weight_stats(weight_sums, unweighted, epoch_backprop)
         record.update(
+            loss_weight_mean=weight_mean,
+            loss_weight_std=weight_std,
+            **sampler.diagnostics(),
             samples_backprop=accounting.samples_backprop,
             samples_forwarded=accounting.samples_forwarded(),
             distinct_seen=int((usage > 0).sum()),
@@ -393,6 +403,15 @@ def summarise(
             test_acc_at_best_val=best_val["test_acc"],  # model selection without the test set
         )
     return summary
+
+
+def _weight_stats(sums: torch.Tensor, unweighted: int, count: int) -> tuple[float, float]:
+    """Mean and standard deviation of the per-sample loss weights of an epoch."""
+    if count == 0:
+        return 1.0, 0.0
+    total, squares = (value + unweighted for value in sums.tolist())
+    mean = total / count
+    return mean, math.sqrt(max(0.0, squares / count - mean * mean))
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

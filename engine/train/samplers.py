@@ -15,6 +15,7 @@ import torch
 
 from engine.config import RunConfig
 from engine.errors import BadInput
+from engine.train.augment import Credit
 from engine.train.budget import BudgetPlan
 
 
@@ -72,8 +73,13 @@ class Sampler:
         sampler's own budget runs out first."""
         raise NotImplementedError
 
-    def observe(self, indices: torch.Tensor, losses: torch.Tensor, true_class_probs: torch.Tensor) -> None:
-        """Per-sample training losses and softmax probabilities of the true class, detached."""
+    def observe(self, credit: Credit) -> None:
+        """After each training forward (only if needs_scores): per-sample losses and the
+        difficulty credited to each source sample, all detached, on the device."""
+
+    def diagnostics(self) -> dict[str, float]:
+        """Sampler-specific numbers recorded with each epoch (e.g. ub's share of IS steps)."""
+        return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: tensor.clone() for name, tensor in self._state.items()}
