@@ -128,9 +128,9 @@ def run(
         chosen = get_preset(preset, home_dir)
         configs = chosen.grid_configs(assignments, seeds=seeds)
         # Everything that can be wrong with the input is found before anything is written.
-        from engine.train.loop import check_runnable
+        from engine.train.loop import check_all_runnable
 
-        datasets = [check_runnable(config, resolve_data_root(data_root, home_dir)) for config in configs]
+        datasets = check_all_runnable(configs, resolve_data_root(data_root, home_dir))
     except BudgetTuiError as error:
         raise fail(error) from None
 

@@ -92,22 +92,42 @@ def load_run_data(config: RunConfig, data_root: Path) -> tuple[DatasetSplits, tu
 
 
 def check_runnable(
-    config: RunConfig, data_root: Path
+    config: RunConfig,
+    data_root: Path,
+    data: tuple[DatasetSplits, tuple[torch.Tensor, torch.Tensor] | None] | None = None,
 ) -> tuple[DatasetSplits, tuple[torch.Tensor, torch.Tensor] | None]:
     """Fail with BadInput now, before anything is written, if the run cannot start:
-    unknown model, no CUDA, missing dataset files, a budget under one batch. Returns the data."""
+    unknown model, no CUDA, missing dataset files, a budget under one batch. Returns the
+    data (loaded here unless already given)."""
     resolve_device(config.device)
     if not timm.is_model(config.model):
         raise BadInput(
             f"unknown model {config.model!r}; ours: {', '.join(REGISTERED_MODELS)} "
             "(any name from timm.list_models() works too)"
         )
-    data = load_run_data(config, data_root)
+    data = data if data is not None else load_run_data(config, data_root)
     try:
         plan_budget(config, data[0].train_images.shape[0])
     except ValueError as error:
         raise BadInput(str(error)) from error
     return data
+
+
+def check_all_runnable(
+    configs: list[RunConfig], data_root: Path
+) -> list[tuple[DatasetSplits, tuple[torch.Tensor, torch.Tensor] | None]]:
+    """check_runnable for a sweep; configs that read the same data share one loaded copy."""
+    loaded: dict[tuple, tuple[DatasetSplits, tuple[torch.Tensor, torch.Tensor] | None]] = {}
+    result = []
+    for config in configs:
+        key = (config.dataset, config.data_path, config.image_size, config.download,
+               config.val_size, config.split_seed)
+        if key not in loaded:
+            loaded[key] = check_runnable(config, data_root)
+        else:
+            check_runnable(config, data_root, data=loaded[key])
+        result.append(loaded[key])
+    return result
 
 
 def prepare(splits: DatasetSplits, val: tuple[torch.Tensor, torch.Tensor] | None, device: torch.device) -> Prepared:
