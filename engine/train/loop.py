@@ -202,6 +202,11 @@ def train(
     sampler = create_sampler(config.sampler, num_train, plan, config.batch_size, generator, config)
     usage = torch.zeros(num_train, dtype=torch.long, device=device)
 
+    def gather(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # index_select is much faster than [] for uint8 image batches on the CPU
+        return (prepared.train_images.index_select(0, indices),
+                prepared.train_labels.index_select(0, indices))
+
     def normalise(images: torch.Tensor) -> torch.Tensor:
         inputs = (images.float() - prepared.mean) * prepared.inv_std
         return inputs.contiguous(memory_format=torch.channels_last) if cuda else inputs
@@ -213,11 +218,12 @@ def train(
     def scoring_forward(indices: torch.Tensor, train_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
         was_training = model.training
         model.train(train_mode)
+        images, labels = gather(indices)
         with torch.no_grad():
-            augmented = augmentation(prepared.train_images[indices], generator)
+            augmented = augmentation(images, generator)
             logits = forward(normalise(augmented.images)).float()
         model.train(was_training)
-        return logits, prepared.train_labels[indices][augmented.sources[0]]
+        return logits, labels[augmented.sources[0]]
 
     scorer = Scorer(scoring_forward)
 
@@ -234,6 +240,8 @@ def train(
         sampler.load_state_dict(state["sampler"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if cuda and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         usage.copy_(state["usage"])
         accounting = Accounting(**state["accounting"])
         history = list(state["history"])
@@ -264,8 +272,7 @@ def train(
             step += 1
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, plan, config)
-            images = prepared.train_images.index_select(0, batch.indices)  # faster than [] on CPU
-            labels = prepared.train_labels.index_select(0, batch.indices)
+            images, labels = gather(batch.indices)
             augmented = augmentation(images, generator)
             logits = forward(normalise(augmented.images))
             losses = per_sample_loss(logits, labels, augmented)
@@ -339,6 +346,7 @@ def train(
             "sampler": sampler.state_dict(),
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state(device)} if cuda else {}),
             "usage": usage,
             "accounting": vars(accounting).copy(),
             "history": history,
