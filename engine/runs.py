@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import subprocess
 import time
@@ -21,7 +22,8 @@ from engine.config import RunConfig
 from engine.paths import run_dir
 from engine.store import Store
 
-PROGRESS_MIN_INTERVAL_S = 2.0  # the store is rewritten whole; don't do it every step
+PROGRESS_MIN_INTERVAL_S = 1.0  # progress.json rewrites per run, at most this often
+PROGRESS_NAME = "progress.json"
 TRACEBACK_NAME = "traceback.txt"
 CONFIG_NAME = "config.json"
 
@@ -73,59 +75,112 @@ def execute_run(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     data: Any = None,
 ) -> dict[str, Any]:
-    """Train run `run_id` here and now, keeping its record up to date; returns the summary.
+    """Train run `run_id` in this process, keeping its record up to date; returns the summary.
 
+    The record names this process (pid + start time) so a crash is detected; progress
+    goes to <run dir>/progress.json, not to the store (a small file, rewritten often).
     A training error marks the run failed (message + traceback file) and is re-raised;
-    Ctrl-C marks it interrupted (it resumes from its last checkpoint).
+    an interrupt (Ctrl-C, SIGTERM from a worker) marks it interrupted -- it resumes
+    from its last checkpoint. A cancel recorded meanwhile is never overwritten.
     """
+    from engine.queue import DONE, FAILED, INTERRUPTED, finish_if_running, process_identity
     from engine.train.loop import train  # torch is imported only when a run really starts
 
     folder = run_dir(home, run_id)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
-    store.update_run(run_id, state="running", started_at=now(), run_dir=str(folder))
-    last_write = 0.0
-    started = time.monotonic()
+    store.update_run(run_id, state="running", started_at=now(), run_dir=str(folder),
+                     process=process_identity(os.getpid()))
+    progress = ProgressWriter(folder / PROGRESS_NAME)
 
     def handle(event: dict[str, Any]) -> None:
-        nonlocal last_write
         if on_event is not None:
             on_event(event)
-        if event["event"] == "epoch":
-            moment = time.monotonic()
-            final = event["epoch"] == event["total_epochs"]
-            if moment - last_write >= PROGRESS_MIN_INTERVAL_S or final:
-                last_write = moment
-                store.update_run(run_id, progress=progress_from_event(event, moment - started))
+        progress.update(event)
 
     try:
         summary = train(config, folder, data_root=data_root, on_event=handle, data=data)
-    except KeyboardInterrupt:
-        store.update_run(run_id, state="interrupted", finished_at=now(),
-                         outcome={"exit_code": 130, "message": "interrupted by the user"})
+    except (KeyboardInterrupt, Interrupted):
+        finish_if_running(store, run_id, INTERRUPTED,
+                          outcome={"exit_code": 130, "message": "interrupted; resumable from its checkpoint"})
         raise
     except BaseException as error:
         trace = folder / TRACEBACK_NAME
         trace.write_text(traceback.format_exc(), encoding="utf-8")
-        store.update_run(run_id, state="failed", finished_at=now(), outcome={
+        finish_if_running(store, run_id, FAILED, outcome={
             "exit_code": 1, "message": f"{type(error).__name__}: {error}", "traceback_file": str(trace),
         })
         raise
-    store.update_run(run_id, state="done", finished_at=now(), summary=summary,
-                     outcome={"exit_code": 0, "message": "ok"})
+    finish_if_running(store, run_id, DONE, summary=compact_summary(summary),
+                      outcome={"exit_code": 0, "message": "ok"})
     return summary
 
 
-def progress_from_event(event: dict[str, Any], elapsed_s: float) -> dict[str, Any]:
-    """The compact progress a queue view shows, from an epoch event."""
-    done_fraction = event["step"] / max(1, event["total_steps"])
-    remaining = elapsed_s * (1 - done_fraction) / done_fraction if done_fraction > 0 else None
-    return {
-        "epoch": event["epoch"],
-        "epochs": event["total_epochs"],
-        "step": event["step"],
-        "steps": event["total_steps"],
-        "test_acc": event["test_acc"],
-        "images_per_s": event["images_per_s"],
-        "eta_s": remaining,
-    }
+class Interrupted(Exception):
+    """Raised in a run's process when it is asked to stop (SIGTERM); the run is resumable."""
+
+
+def compact_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary kept in the store: the plan is derivable and stays in summary.json."""
+    return {key: value for key, value in summary.items() if key != "plan"}
+
+
+class ProgressWriter:
+    """Keeps <run dir>/progress.json current (at most every PROGRESS_MIN_INTERVAL_S, and at
+    every epoch end); its `updated_at` doubles as the run's heartbeat."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.started = time.monotonic()
+        self.last_write = 0.0
+        self.start_step: int | None = None  # first step seen by this process, for the rate
+        self.state: dict[str, Any] = {}
+
+    def update(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "start":
+            self.state.update(steps=event["plan"]["total_steps"], epochs=event["plan"]["epochs"],
+                              epoch=event["epoch"], device=event["device"])
+        elif kind == "resume":
+            self.state.update(step=event["step"], epoch=event["epoch"])
+        elif kind == "step":
+            self.state.update(step=event["step"], epoch=event["epoch"])
+        elif kind == "epoch":
+            self.state.update(step=event["step"], epoch=event["epoch"], test_acc=event["test_acc"],
+                              train_loss=event["train_loss"], images_per_s=event["images_per_s"])
+        else:
+            return
+        moment = time.monotonic()
+        if kind == "epoch" or moment - self.last_write >= PROGRESS_MIN_INTERVAL_S:
+            self.last_write = moment
+            self.state["eta_s"] = self._eta(moment)
+            self.state["updated_at"] = time.time()
+            write_json_atomic(self.path, self.state)
+
+    def _eta(self, moment: float) -> float | None:
+        """Remaining time from the rate of steps done since this process started."""
+        step, total = self.state.get("step", 0), self.state.get("steps", 0)
+        if self.start_step is None:
+            self.start_step = step
+            return None
+        done = step - self.start_step
+        if done <= 0:
+            return None
+        return (total - step) * (moment - self.started) / done
+
+
+def read_progress(record: dict[str, Any]) -> dict[str, Any]:
+    """The live progress of a run (empty if it has none yet)."""
+    folder = record.get("run_dir")
+    if not folder:
+        return {}
+    try:
+        return json.loads((Path(folder) / PROGRESS_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value), encoding="utf-8")
+    os.replace(temporary, path)

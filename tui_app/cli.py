@@ -27,14 +27,18 @@ app = typer.Typer(
 )
 presets_app = typer.Typer(help="List and show presets.", no_args_is_help=True)
 history_app = typer.Typer(help="Browse finished and running runs.", no_args_is_help=True)
+queue_app = typer.Typer(help="Queue runs for the worker; list, cancel, retry, prioritise.", no_args_is_help=True)
+worker_app = typer.Typer(help="Execute the queue: `worker` runs it here; status and stop manage it.")
 app.add_typer(presets_app, name="presets")
 app.add_typer(history_app, name="history")
+app.add_typer(queue_app, name="queue")
+app.add_typer(worker_app, name="worker")
 
 HomeOption = Annotated[
-    Optional[Path], typer.Option("--home", help="History and run folders [env BUDGET_TUI_HOME; default ./runs].")
+    Optional[Path], typer.Option("--home", help="History and run folders (env BUDGET_TUI_HOME; default ./runs).")
 ]
 DataRootOption = Annotated[
-    Optional[Path], typer.Option("--data-root", help="Datasets [env BUDGET_TUI_DATA; default <home>/data].")
+    Optional[Path], typer.Option("--data-root", help="Datasets (env BUDGET_TUI_DATA; default <home>/data).")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
@@ -240,6 +244,225 @@ def history_show(run_id: int, home: HomeOption = None, as_json: JsonOption = Fal
         for row in record["metrics"]:
             typer.echo(f"{row['epoch']:>5} {row['step']:>7} {row['lr']:>9.2e} "
                        f"{row['train_loss']:>10.4f} {row['test_acc']:>9.2%}")
+
+
+# --- queue
+def _store(home: Path | None):
+    from engine.store import Store
+
+    return Store(history_path(resolve_home(home)))
+
+
+@queue_app.command("add")
+def queue_add(
+    preset: Annotated[str, typer.Argument(help="Preset name (see `budget-tui presets ls`).")],
+    sets: Annotated[list[str], typer.Option("--set", help="Override a config field: key=value.")] = [],
+    grids: Annotated[list[str], typer.Option("--grid", help="Sweep a field: key=v1,v2,...")] = [],
+    seeds: Annotated[Optional[int], typer.Option("--seeds", help="Seeds per grid point.")] = None,
+    priority: Annotated[int, typer.Option("--priority", help="Higher runs first.")] = 0,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Queue a preset's runs (its grid x --grid x seeds) in one store write."""
+    from engine.config import parse_assignments
+    from engine.presets import get_preset, parse_grid_values
+    from engine.queue import enqueue, validate_priority
+
+    home_dir = resolve_home(home)
+    try:
+        assignments = parse_assignments(sets)
+        grid: dict[str, list[Any]] = {}
+        for item in grids:
+            key, sep, values = item.partition("=")
+            if not sep:
+                raise BadInput(f"expected --grid key=v1,v2, got {item!r}")
+            grid[key.strip().replace("-", "_")] = parse_grid_values(key.strip().replace("-", "_"), values)
+        if seeds is not None and seeds < 1:
+            raise BadInput("--seeds must be >= 1")
+        configs = get_preset(preset, home_dir).grid_configs(assignments, grid, seeds)
+        ids = enqueue(_store(home), preset, configs, validate_priority(priority))
+    except BudgetTuiError as error:
+        raise fail(error) from None
+    if as_json:
+        print_json({"ids": ids})
+    else:
+        typer.echo(f"queued {len(ids)} run(s): {', '.join(map(str, ids))}")
+
+
+@queue_app.command("ls")
+def queue_ls(
+    show_all: Annotated[bool, typer.Option("--all", help="Also finished runs.")] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Queued, running and interrupted runs with progress and ETA."""
+    from engine.queue import FINISHED, queue_order, reconcile
+    from engine.runs import read_progress
+
+    try:
+        store = _store(home)
+        reconcile(store)
+        runs = sorted((r for r in store.list_runs() if show_all or r.get("state") not in FINISHED
+                       or r.get("state") == "interrupted"), key=queue_order)
+    except BudgetTuiError as error:
+        raise fail(error) from None
+    for record in runs:
+        record["progress"] = read_progress(record) if record.get("state") == "running" else {}
+    if as_json:
+        print_json(runs)
+        return
+    typer.echo(f"{'id':>5} {'state':<11} {'prio':>4} {'preset':<14} {'sampler':<12} {'aug':<9} "
+               f"{'budget':>6} {'seed':>4} {'done':>5} {'acc':>6} {'img/s':>7} {'ETA':>8}")
+    for record in runs:
+        config, progress = record.get("config", {}), record["progress"]
+        done = f"{progress['step'] / progress['steps']:.0%}" if progress.get("steps") else "-"
+        summary = record.get("summary") or {}
+        latest = progress.get("test_acc", summary.get("final_test_acc"))
+        accuracy = f"{latest:.1%}" if latest is not None else "-"
+        rate = f"{progress['images_per_s']:,.0f}" if "images_per_s" in progress else "-"
+        eta = _duration(progress.get("eta_s"))
+        typer.echo(f"{record['id']:>5} {record.get('state', '?'):<11} {record.get('priority', 0):>4} "
+                   f"{record.get('preset', ''):<14.14} {config.get('sampler', ''):<12} "
+                   f"{config.get('augmentation', ''):<9} {config.get('budget', 0):>6g} {config.get('seed', 0):>4} "
+                   f"{done:>5} {accuracy:>6} {rate:>7} {eta:>8}")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+RunIds = Annotated[list[int], typer.Argument(help="Run ids.")]
+
+
+def _report(outcome: dict[int, str], as_json: bool) -> None:
+    if as_json:
+        print_json({str(run_id): result for run_id, result in outcome.items()})
+    else:
+        for run_id, result in outcome.items():
+            typer.echo(f"{run_id}: {result}")
+
+
+@queue_app.command("cancel")
+def queue_cancel(run_ids: RunIds, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Cancel runs: queued ones at once, running ones by stopping their process group."""
+    from engine.queue import cancel
+
+    try:
+        _report(cancel(_store(home), run_ids), as_json)
+    except BudgetTuiError as error:
+        raise fail(error) from None
+
+
+@queue_app.command("retry")
+def queue_retry(run_ids: RunIds, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Queue failed, cancelled or interrupted runs again; they resume from their last checkpoint."""
+    from engine.queue import retry
+
+    try:
+        _report(retry(_store(home), run_ids), as_json)
+    except BudgetTuiError as error:
+        raise fail(error) from None
+
+
+@queue_app.command("priority")
+def queue_priority(
+    priority: Annotated[int, typer.Argument(help="New priority (higher runs first).")],
+    run_ids: RunIds,
+    home: HomeOption = None,
+) -> None:
+    """Change the priority of runs."""
+    from engine.queue import set_priority, validate_priority
+
+    try:
+        set_priority(_store(home), run_ids, validate_priority(priority))
+    except BudgetTuiError as error:
+        raise fail(error) from None
+
+
+@queue_app.command("clear")
+def queue_clear(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Cancel every run still waiting in the queue (running runs are left alone)."""
+    from engine.queue import clear_queued
+
+    try:
+        ids = clear_queued(_store(home))
+    except BudgetTuiError as error:
+        raise fail(error) from None
+    if as_json:
+        print_json({"cancelled": ids})
+    else:
+        typer.echo(f"cleared {len(ids)} queued run(s)")
+
+
+# --- worker
+@worker_app.callback(invoke_without_command=True)
+def worker(
+    context: typer.Context,
+    gpus: Annotated[Optional[str], typer.Option("--gpus", help="One slot per GPU, e.g. 0,1; `cpu` for a CPU slot.")] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Keep running after this terminal closes.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="Drain the queue, then exit.")] = False,
+    auto_resume: Annotated[bool, typer.Option("--auto-resume", help="Queue interrupted runs again on start.")] = False,
+    home: HomeOption = None,
+    data_root: DataRootOption = None,
+) -> None:
+    """Execute queued runs, each in its own process group, one per slot."""
+    if context.invoked_subcommand is not None:
+        return
+    from engine.worker import LocalExecutor, Worker, parse_gpus
+
+    home_dir = resolve_home(home)
+    try:
+        slots = parse_gpus(gpus)
+        _store(home_dir).list_runs()  # a corrupted history is reported now, not in the background
+    except BudgetTuiError as error:
+        raise fail(error) from None
+    if detach:
+        _detach(home_dir, gpus, once, auto_resume, data_root)
+        return
+    typer.echo(f"worker {os.getpid()} on {', '.join(slot.label() for slot in slots)}; home {home_dir}", err=True)
+    Worker(home_dir, slots, LocalExecutor(home_dir, data_root), once=once, auto_resume=auto_resume).run()
+
+
+def _detach(home: Path, gpus: str | None, once: bool, auto_resume: bool, data_root: Path | None) -> None:
+    import subprocess
+
+    command = [sys.executable, "-m", "tui_app.cli", "worker", "--home", str(home)]
+    command += ["--gpus", gpus] if gpus is not None else []
+    command += ["--once"] * once + ["--auto-resume"] * auto_resume
+    command += ["--data-root", str(data_root)] if data_root is not None else []
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "worker.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    typer.echo(f"worker started in the background: pid {process.pid}, log {home / 'worker.log'}")
+
+
+@worker_app.command("status")
+def worker_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Live workers of this home."""
+    from engine.worker import live_workers
+
+    workers = live_workers(resolve_home(home))
+    if as_json:
+        print_json(workers)
+    elif not workers:
+        typer.echo("no worker running")
+    else:
+        for info in workers:
+            typer.echo(f"worker {info['pid']} since {info['started_at']} on {', '.join(info['slots'])}")
+
+
+@worker_app.command("stop")
+def worker_stop(home: HomeOption = None) -> None:
+    """Stop every worker of this home; their running runs become interrupted (resumable)."""
+    from engine.worker import stop_workers
+
+    stopped = stop_workers(resolve_home(home))
+    typer.echo(f"stopped {len(stopped)} worker(s)" if stopped else "no worker running")
 
 
 def main() -> None:

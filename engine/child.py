@@ -1,0 +1,68 @@
+"""`python -m engine.child HOME RUN_ID`: the process a worker starts for one queued run.
+
+It dies with its worker (Linux PR_SET_PDEATHSIG), turns SIGTERM into a clean
+"interrupted" record, and otherwise runs engine.runs.execute_run, which records the
+outcome itself. Events go to stdout, which the worker sends to <run dir>/log.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import signal
+import sys
+from pathlib import Path
+
+from engine.config import RunConfig
+from engine.errors import BudgetTuiError
+from engine.paths import history_path, resolve_data_root
+from engine.runs import Interrupted, execute_run
+from engine.store import Store
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM us when the worker dies, so no run outlives its supervisor."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the run then finishes on its own and records its outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.child")
+    parser.add_argument("home", type=Path)
+    parser.add_argument("run_id", type=int)
+    parser.add_argument("--data-root", type=Path, default=None)
+    arguments = parser.parse_args(argv)
+    die_with_parent()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise Interrupted("stopped by SIGTERM")
+
+    def print_event(event: dict) -> None:
+        if event["event"] != "step":  # epochs, start and summary; steps only feed progress.json
+            print(json.dumps(event, default=str), flush=True)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    store = Store(history_path(arguments.home))
+    try:
+        record = store.get_run(arguments.run_id)
+        config = RunConfig.from_dict(record["config"])
+        execute_run(store, arguments.home, arguments.run_id, config,
+                    data_root=resolve_data_root(arguments.data_root, arguments.home),
+                    on_event=print_event)
+    except Interrupted:
+        return 143
+    except BudgetTuiError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except Exception:  # execute_run has recorded it as failed, with the traceback file
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The worker: claims queued runs and executes each in a child process, one per slot.
+
+How a claimed run is executed is the small Executor interface (local child processes
+here), so a cluster scheduler can be added without touching the queue or the store.
+A worker registers itself in <home>/workers/<pid>.json; on start it reconciles runs whose
+process is gone. Must not import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine import queue
+from engine.errors import BadInput
+from engine.paths import history_path, run_dir
+from engine.runs import now, write_json_atomic
+from engine.store import Store
+
+LOG_NAME = "log.txt"
+WORKERS_DIR = "workers"
+STOP_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one run executes: a GPU id, "" for CPU only, or None to inherit the environment."""
+
+    gpu: str | None
+
+    def label(self) -> str:
+        return "inherit" if self.gpu is None else (f"gpu {self.gpu}" if self.gpu else "cpu")
+
+
+class RunningRun(Protocol):
+    run_id: int
+
+    def poll(self) -> int | None:
+        """The exit code once finished (negative: killed by that signal), else None."""
+
+    def stop(self, grace_s: float) -> None:
+        """SIGTERM, wait up to grace_s, then SIGKILL."""
+
+
+class Executor(Protocol):
+    def start(self, record: dict[str, Any], slot: Slot) -> RunningRun: ...
+
+
+@dataclass
+class LocalRun:
+    run_id: int
+    process: subprocess.Popen
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def stop(self, grace_s: float) -> None:
+        identity = {"pid": self.process.pid, "pgid": self.process.pid, "start_time": None}
+        queue.terminate_group(identity, grace_s)
+        self.process.wait()
+
+
+@dataclass
+class LocalExecutor:
+    """Each run in `python -m engine.child`, in its own process group (a new session),
+    with CUDA_VISIBLE_DEVICES set for its slot and output in <run dir>/log.txt."""
+
+    home: Path
+    data_root: Path | None = None
+
+    def start(self, record: dict[str, Any], slot: Slot) -> LocalRun:
+        folder = run_dir(self.home, record["id"])
+        folder.mkdir(parents=True, exist_ok=True)
+        environment = dict(os.environ)
+        if slot.gpu is not None:
+            environment["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        command = [sys.executable, "-m", "engine.child", str(self.home), str(record["id"])]
+        if self.data_root is not None:
+            command += ["--data-root", str(self.data_root)]
+        with open(folder / LOG_NAME, "ab") as log:
+            log.write(f"--- {now()} start on {slot.label()}\n".encode())
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=environment, start_new_session=True)
+        return LocalRun(record["id"], process)
+
+
+@dataclass
+class Worker:
+    home: Path
+    slots: list[Slot]
+    executor: Executor
+    once: bool = False  # drain the queue, then exit
+    auto_resume: bool = False  # queue interrupted runs again on start (they resume)
+    poll_s: float = 0.5
+    running: dict[Slot, RunningRun] = field(default_factory=dict)
+    stopping: bool = False
+
+    @property
+    def store(self) -> Store:
+        return Store(history_path(self.home))
+
+    def run(self) -> None:
+        """Execute queued runs until stopped (SIGTERM/SIGINT) or, with once, until drained."""
+        signal.signal(signal.SIGTERM, self._ask_to_stop)
+        signal.signal(signal.SIGINT, self._ask_to_stop)
+        registration = register_worker(self.home, self.slots)
+        try:
+            queue.reconcile(self.store, resume=self.auto_resume)
+            while not self.stopping:
+                self._reap()
+                claimed = self._fill_slots()
+                if self.once and not self.running and not claimed:
+                    break
+                time.sleep(self.poll_s)
+        finally:
+            for slot, run in list(self.running.items()):
+                run.stop(STOP_GRACE_S)  # the child records "interrupted" itself
+                self._record_exit(run)
+            self.running.clear()
+            registration.unlink(missing_ok=True)
+
+    def _ask_to_stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def _fill_slots(self) -> bool:
+        claimed = False
+        for slot in self.slots:
+            if slot in self.running or self.stopping:
+                continue
+            record = queue.claim_next(self.store, worker_identity())
+            if record is None:
+                break
+            self.running[slot] = self.executor.start(record, slot)
+            claimed = True
+        return claimed
+
+    def _reap(self) -> None:
+        for slot, run in list(self.running.items()):
+            if run.poll() is not None:
+                del self.running[slot]
+                self._record_exit(run)
+
+    def _record_exit(self, run: RunningRun) -> None:
+        """A child that died without recording its outcome (killed, crashed) is recorded here."""
+        code = run.poll()
+        if code is not None and code < 0:
+            queue.finish_if_running(self.store, run.run_id, queue.INTERRUPTED, outcome={
+                "exit_code": code, "message": f"killed by signal {-code}; resumable"})
+        else:
+            log = run_dir(self.home, run.run_id) / LOG_NAME
+            queue.finish_if_running(self.store, run.run_id, queue.FAILED, outcome={
+                "exit_code": code, "message": f"run process exited with code {code}; see {log}"})
+
+
+def worker_identity() -> dict[str, Any]:
+    return queue.process_identity(os.getpid())
+
+
+def register_worker(home: Path, slots: list[Slot]) -> Path:
+    folder = home / WORKERS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{os.getpid()}.json"
+    write_json_atomic(path, {**worker_identity(), "slots": [slot.label() for slot in slots], "started_at": now()})
+    return path
+
+
+def live_workers(home: Path) -> list[dict[str, Any]]:
+    """Registered workers whose process still runs; stale registrations are removed."""
+    found = []
+    folder = home / WORKERS_DIR
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if queue.is_alive(info):
+            found.append(info)
+        else:
+            path.unlink(missing_ok=True)
+    return found
+
+
+def parse_gpus(text: str | None) -> list[Slot]:
+    """--gpus "0,1" -> one slot per GPU; "" or "cpu" -> one CPU slot; None -> one slot that
+    inherits the environment (device=auto then uses the first visible GPU, if any)."""
+    if text is None:
+        return [Slot(None)]
+    if text.strip().lower() in ("", "cpu", "none"):
+        return [Slot("")]
+    gpus = [part.strip() for part in text.split(",") if part.strip()]
+    if len(set(gpus)) != len(gpus) or not all(gpu.isdigit() for gpu in gpus):
+        raise BadInput(f"--gpus takes distinct GPU numbers like 0,1 (or cpu), got {text!r}")
+    return [Slot(gpu) for gpu in gpus]
+
+
+def stop_workers(home: Path, grace_s: float = STOP_GRACE_S + 5) -> list[int]:
+    """SIGTERM every live worker of this home and wait for them to exit."""
+    workers = live_workers(home)
+    for info in workers:
+        try:
+            os.kill(info["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(queue.is_alive(info) for info in workers):
+        time.sleep(0.1)
+    return [info["pid"] for info in workers]
