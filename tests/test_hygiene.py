@@ -35,8 +35,8 @@ def test_registries_match_the_names_the_cli_validates_against():
     from engine.train.data import DATASET_NAMES
     from engine.train.samplers import SAMPLERS
 
-    assert tuple(SAMPLERS) == config.SAMPLERS
-    assert tuple(AUGMENTATIONS) == config.AUGMENTATIONS
+    assert sorted(SAMPLERS) == sorted(config.SAMPLERS)
+    assert sorted(AUGMENTATIONS) == sorted(config.AUGMENTATIONS)
     assert tuple(DATASET_NAMES) == config.DATASETS
 
 

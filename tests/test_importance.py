@@ -37,9 +37,9 @@ def _make(config: RunConfig, num_samples: int, seed: int = 0) -> Sampler:
 def _credit(ids, difficulty=None, weight=None, losses=None) -> Credit:
     ids = torch.as_tensor(ids)
     ones = torch.ones(ids.shape[0])
-    difficulty = ones * 0.5 if difficulty is None else torch.as_tensor(difficulty, dtype=torch.float32)
-    weight = ones if weight is None else torch.as_tensor(weight, dtype=torch.float32)
-    losses = ones if losses is None else torch.as_tensor(losses, dtype=torch.float32)
+    difficulty = ones * 0.5 if difficulty is None else torch.as_tensor(difficulty)
+    weight = ones if weight is None else torch.as_tensor(weight)
+    losses = ones if losses is None else torch.as_tensor(losses)
     return Credit(ids, losses, ids, difficulty, weight)
 
 
@@ -174,7 +174,8 @@ def _infobatch_with_losses(num_samples: int, seen: int, below: int, **changes) -
     """Samples [0, below) have loss 0.1, [below, seen) loss 2.0, [seen, N) were never seen."""
     sampler = _make(_config("infobatch", **changes), num_samples)
     ids = torch.arange(seen)
-    sampler.observe(_credit(ids, losses=torch.where(ids < below, 0.1, 2.0)))
+    losses = torch.where(ids < below, 0.1, 2.0).bfloat16()  # as the loop's losses under CUDA autocast
+    sampler.observe(_credit(ids, losses=losses))
     return sampler
 
 

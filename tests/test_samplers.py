@@ -77,16 +77,23 @@ def test_every_epoch_has_the_planned_batches_of_distinct_in_range_indices(name):
     expected_steps = {"sgd": 10}.get(name, 5)  # sgd: full data; others floor(51 / 10)
     assert plan.steps_per_epoch == expected_steps
     scorer = _dummy_scorer(num_samples)
+    total_steps = 0
     for epoch in range(plan.epochs):
         batches = _epoch(sampler, epoch, scorer)
-        assert len(batches) == plan.steps_per_epoch
+        total_steps += len(batches)
+        if sampler.fixed_steps_per_epoch:
+            assert len(batches) == plan.steps_per_epoch
         for batch in batches:
             assert batch.indices.shape == (config.batch_size,)
             assert batch.indices.dtype == torch.int64
             assert batch.weights is None or batch.weights.shape == (config.batch_size,)
+        if not batches:
+            continue
         used = _used(batches)
         assert int(used.min()) >= 0 and int(used.max()) < num_samples
-        assert used.unique().numel() == used.numel()  # without replacement within the epoch
+        if not sampler.repeats_samples:
+            assert used.unique().numel() == used.numel()  # without replacement within the epoch
+    assert total_steps <= plan.total_steps
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

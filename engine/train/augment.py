@@ -1,14 +1,16 @@
-"""Batched, on-device augmentations with per-image randomness, behind a registry.
+"""Batched, on-device augmentations with per-image randomness, behind a registry (SPEC §4).
 
-An augmentation takes a uint8 batch and its labels and returns an AugmentedBatch: the
-images plus, per mixing component, each image's source position and label weight, so the
-loss is per sample with soft targets and samplers can credit each source sample.
-`standard` (random crop with zero padding + horizontal flip) runs under every other one.
+An augmentation takes a uint8 batch and returns an AugmentedBatch: the images plus, per
+mixing component, each image's source position and label weight, so the loss is per sample
+with soft targets and samplers can credit each source sample. `standard` (random crop with
+zero padding + horizontal flip) runs under every other one. All randomness comes from the
+run's generator; no per-image Python loops and no host syncs. Imports no training loop.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, ClassVar, NamedTuple
 
 import torch
@@ -20,7 +22,9 @@ from engine.errors import BadInput
 
 @dataclass
 class AugmentedBatch:
-    images: torch.Tensor  # uint8 (B, C, H, W), augmented, not yet normalised
+    # (B, C, H, W) on the 0..255 scale, not yet normalised: uint8, or float32 where images
+    # were blended (mixup), since a blend of two pixels is rarely a whole grey level.
+    images: torch.Tensor
     sources: tuple[torch.Tensor, ...]  # per component: batch position of each image's source
     # Per component (B,), summing to 1 over components. None: no mixing, each image keeps
     # its own hard label (sources is then the identity).
@@ -39,6 +43,9 @@ class Augmentation:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
         raise NotImplementedError
+
+    def crop_flip(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return random_crop_flip(images, self.padding, self.flip, generator)
 
 
 AUGMENTATIONS: dict[str, type[Augmentation]] = {}
@@ -93,15 +100,438 @@ class StandardAugmentation(Augmentation):
     """Random crop with zero padding and horizontal flip (where the dataset allows it)."""
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
-        identity = _positions(images)
-        return AugmentedBatch(
-            random_crop_flip(images, self.padding, self.flip, generator), (identity,), None
-        )
+        return AugmentedBatch(self.crop_flip(images, generator), (_positions(images),), None)
 
 
 def _positions(images: torch.Tensor) -> torch.Tensor:
     return torch.arange(images.shape[0], device=images.device)
 
+
+# ---------------------------------------------------------------------------------------
+# Mixing: each class draws the batch-level randomness (lambda, sizes, permutations) and
+# hands it to a function that can also be called with chosen values.
+
+
+def sample_beta(alpha: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """One draw of Beta(alpha, alpha) as a 0-d float32 tensor on `device`, no host sync.
+
+    Beta = X / (X + Y) with X, Y ~ Gamma(alpha): torch.distributions takes no generator,
+    torch._standard_gamma does. Float64 keeps both gammas from underflowing to 0 for small
+    alpha (P(X < 1e-300) is about 1e-90 at alpha = 0.3), which would make 0/0.
+    """
+    gammas = torch._standard_gamma(
+        torch.full((2,), alpha, dtype=torch.float64, device=device), generator=generator
+    )
+    return (gammas[0] / gammas.sum()).float()
+
+
+def _permutation(batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.randperm(batch, generator=generator, device=device)
+
+
+def _random_below(upper: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Integers uniform in [0, upper), one per element of `upper` (int64, all >= 1).
+
+    torch.randint takes only a Python bound; the remainder of a 62-bit draw has a bias
+    below 2**-50 for the small bounds used here.
+    """
+    wide = torch.randint(0, 2**62, upper.shape, generator=generator, device=upper.device)
+    return wide % upper
+
+
+def _random_centres(shape: torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(B, 2) int64: a uniform random pixel (row, column) per image."""
+    batch, _, height, width = shape
+    rows = torch.randint(0, height, (batch,), generator=generator, device=device)
+    cols = torch.randint(0, width, (batch,), generator=generator, device=device)
+    return torch.stack((rows, cols), dim=1)
+
+
+def _boxes(
+    centres: torch.Tensor, box_height: torch.Tensor, box_width: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """A (B, 1, H, W) bool mask per image: a box around its centre, clipped to the image.
+    Box sizes are int64 tensors broadcastable to (B,); a size 0 gives no box."""
+    top = centres[:, 0] - box_height // 2
+    left = centres[:, 1] - box_width // 2
+    rows = torch.arange(height, device=centres.device)
+    cols = torch.arange(width, device=centres.device)
+    # Comparing against arange clips the box for free: rows outside 0..H-1 never exist.
+    in_rows = (rows >= top[:, None]) & (rows < (top + box_height)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + box_width)[:, None])
+    return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+
+
+def mixup(images: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> AugmentedBatch:
+    """lam * x + (1 - lam) * x[partner] as float32 on the 0..255 scale; lam is a 0-d tensor."""
+    mixed = torch.lerp(images[partner].float(), images.float(), lam)
+    weight = lam.expand(images.shape[0])
+    return AugmentedBatch(mixed, (_positions(images), partner), (weight, 1.0 - weight))
+
+
+def cutmix(
+    images: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor, generator: torch.Generator
+) -> AugmentedBatch:
+    """Paste a box of area fraction 1 - lam from x[partner] into each image, at a random
+    centre per image; the label weights are each image's area after clipping."""
+    height, width = images.shape[-2:]
+    side = (1.0 - lam).sqrt()
+    centres = _random_centres(images.shape, generator, images.device)
+    box = _boxes(centres, (height * side).round().long(), (width * side).round().long(), height, width)
+    pasted = box.sum(dim=(1, 2, 3)) / (height * width)
+    return AugmentedBatch(
+        torch.where(box, images[partner], images), (_positions(images), partner), (1.0 - pasted, pasted)
+    )
+
+
+def ricap(
+    images: torch.Tensor,
+    permutations: torch.Tensor,
+    width: torch.Tensor,
+    height: torch.Tensor,
+    generator: torch.Generator,
+) -> AugmentedBatch:
+    """Tile each image with four regions split at column `width` and row `height` (0-d int64
+    tensors): top-left, top-right, bottom-left, bottom-right. Region k of image i is a crop
+    of region k's size, at a random offset per image, from image permutations[k, i]."""
+    batch, channels, full_height, full_width = images.shape
+    device = images.device
+    region_widths = torch.stack((width, full_width - width, width, full_width - width))
+    region_heights = torch.stack((height, height, full_height - height, full_height - height))
+    # Per region and image, the crop's top-left corner in its source image.
+    offset_rows = _random_below((full_height - region_heights + 1)[:, None].expand(4, batch), generator)
+    offset_cols = _random_below((full_width - region_widths + 1)[:, None].expand(4, batch), generator)
+    lower = torch.arange(full_height, device=device) >= height  # (H,)
+    right = torch.arange(full_width, device=device) >= width  # (W,)
+    region = 2 * lower[:, None] + right[None, :]  # (H, W): which region each pixel is in
+    local_rows = torch.arange(full_height, device=device) - height * lower
+    local_cols = torch.arange(full_width, device=device) - width * right
+    # Every output pixel's position in the flattened batch: one `take` reads the collage
+    # (on CPU it beats gather and index_select across images).
+    plane = full_height * full_width
+    pixel = (
+        permutations.T[:, region] * (channels * plane)
+        + (offset_rows.T[:, region] + local_rows[:, None]) * full_width
+        + offset_cols.T[:, region] + local_cols[None, :]
+    )
+    channel = torch.arange(channels, device=device).reshape(1, channels, 1, 1) * plane
+    collage = images.reshape(-1).take(pixel[:, None] + channel)
+    shares = (region_widths * region_heights).float() / (full_width * full_height)
+    return AugmentedBatch(
+        collage, tuple(permutations), tuple(share.expand(batch) for share in shares)
+    )
+
+
+@register_augmentation("mixup")
+class MixupAugmentation(Augmentation):
+    """Crop/flip, then blend with a permuted partner; one lambda ~ Beta(a, a) per batch."""
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
+        images = self.crop_flip(images, generator)
+        lam = sample_beta(self.config.mixup_alpha, generator, images.device)
+        return mixup(images, _permutation(images.shape[0], generator, images.device), lam)
+
+
+@register_augmentation("cutmix")
+class CutMixAugmentation(Augmentation):
+    """Crop/flip, then paste a box from a permuted partner; one lambda ~ Beta(a, a) per
+    batch fixes the box size, each image gets its own box centre (so its own weights)."""
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
+        images = self.crop_flip(images, generator)
+        lam = sample_beta(self.config.cutmix_alpha, generator, images.device)
+        return cutmix(images, _permutation(images.shape[0], generator, images.device), lam, generator)
+
+
+@register_augmentation("ricap")
+class RicapAugmentation(Augmentation):
+    """Crop/flip, then a four-image collage split at w = round(W * Beta(b, b)),
+    h = round(H * Beta(b, b)), one split per batch, from four independent permutations."""
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
+        images = self.crop_flip(images, generator)
+        batch, _, height, width = images.shape
+        device = images.device
+        beta = self.config.ricap_beta
+        split_col = (width * sample_beta(beta, generator, device)).round().long()
+        split_row = (height * sample_beta(beta, generator, device)).round().long()
+        permutations = torch.stack([_permutation(batch, generator, device) for _ in range(4)])
+        return ricap(images, permutations, split_col, split_row, generator)
+
+
+
+# ---------------------------------------------------------------------------------------
+# RandAugment, as the paper's reference code runs it: N ops per image drawn uniformly with
+# replacement from 16, each at value low + (high - low) * M / 30 from its range below,
+# PIL semantics (nearest-neighbour geometry, black fill, truncating enhance blends).
+
+RANDAUGMENT_OPS: tuple[str, ...] = (
+    "auto_contrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add",
+    "color", "contrast", "brightness", "sharpness", "shear_x", "shear_y", "cutout",
+    "translate_x", "translate_y",
+)
+# The reference's ranges, including its quirks: Posterize keeps max(1, int(value)) bits and
+# Solarize inverts levels >= value, so both are strongest at low M; the enhance factors
+# have no sign, so M < 15 always fades. Pixel ranges are the reference's absolute pixels,
+# read as pixels of a 32-px image (the paper's CIFAR) and scaled with the image side.
+_RANDAUGMENT_RANGES: dict[str, tuple[float, float]] = {
+    "rotate": (0.0, 30.0),  # degrees, random sign
+    "posterize": (0.0, 4.0),  # bits kept
+    "solarize": (0.0, 256.0),  # threshold
+    "solarize_add": (0.0, 110.0),  # added to every level, then solarize at 128
+    "color": (0.1, 1.9),  # enhance factor: 0 is the degenerate image, 1 the image
+    "contrast": (0.1, 1.9),
+    "brightness": (0.1, 1.9),
+    "sharpness": (0.1, 1.9),
+    "shear_x": (0.0, 0.3),  # shear factor, random sign
+    "shear_y": (0.0, 0.3),
+    "cutout": (0.0, 40.0),  # box side, pixels at 32 px
+    "translate_x": (0.0, 100.0),  # pixels at 32 px, random sign
+    "translate_y": (0.0, 100.0),
+}
+_REFERENCE_SIDE = 32
+_CUTOUT_FILL = (125, 123, 114)  # the reference's grey box, RGB
+_MAX_MAGNITUDE = 30
+
+# The three families of ops, each applied by one batched function (see apply_randaugment_ops).
+_TONE_OPS = ("auto_contrast", "equalize", "invert", "posterize", "solarize", "solarize_add", "contrast",
+             "brightness")
+_IMAGE_CURVE_OPS = ("auto_contrast", "equalize", "contrast")  # tone curves that depend on the image
+_GEOMETRIC_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")  # in _OpTables.affine order
+_SOURCE_OPS = (*_GEOMETRIC_OPS, "cutout")
+_BLEND_OPS = ("color", "sharpness")
+
+
+def randaugment_value(op: str, magnitude: float) -> float:
+    low, high = _RANDAUGMENT_RANGES[op]
+    return low + (high - low) * magnitude / _MAX_MAGNITUDE
+
+
+class _OpTables(NamedTuple):
+    """Everything about the 16 ops that depends on the magnitude and image shape only,
+    as tables indexed by op: `table[ops]` gives each image its own row in one call."""
+
+    families: torch.Tensor  # (3, 16) bool: the ops of each of _RANDAUGMENT_FAMILIES
+    curves: torch.Tensor  # (16, 256) uint8: level curve, the identity where none is constant
+    image_curve: torch.Tensor  # (16,) bool: AutoContrast, Equalize, Contrast
+    affine: torch.Tensor  # (16, 5) float: rotation (radians), shear x, shear y, shift x, y (px) at sign +1
+    cutout_box: torch.Tensor  # (16, 2) int64: Cutout box height and width, 0 for other ops
+    fill: torch.Tensor  # (16, C) uint8: colour of pixels with no source (Cutout grey, else black)
+
+
+@lru_cache(maxsize=32)
+def _op_tables(magnitude: float, channels: int, height: int, width: int, device: torch.device) -> _OpTables:
+    """Built once per setting: rebuilding per batch costs more calls than the ops themselves
+    on small images, and building from Python values copies from the host."""
+    ops = {op: index for index, op in enumerate(RANDAUGMENT_OPS)}
+    levels = torch.arange(256)
+
+    def solarized(values: torch.Tensor, threshold: float) -> torch.Tensor:
+        return torch.where(values < threshold, values, 255 - values)
+
+    curves = levels.repeat(len(ops), 1)
+    bits = max(1, int(randaugment_value("posterize", magnitude)))
+    curves[ops["invert"]] = 255 - levels
+    curves[ops["posterize"]] = levels & (256 - 2 ** (8 - bits))
+    curves[ops["solarize"]] = solarized(levels, randaugment_value("solarize", magnitude))
+    added = (levels + randaugment_value("solarize_add", magnitude)).floor().clamp_max(255)
+    curves[ops["solarize_add"]] = solarized(added, 128)
+    curves[ops["brightness"]] = _blend(torch.zeros(()), levels, randaugment_value("brightness", magnitude))
+
+    affine = torch.zeros(len(ops), 5, dtype=torch.float64)
+    scales = (torch.pi / 180, 1.0, 1.0, width / _REFERENCE_SIDE, height / _REFERENCE_SIDE)
+    for column, (op, scale) in enumerate(zip(_GEOMETRIC_OPS, scales)):
+        affine[ops[op], column] = randaugment_value(op, magnitude) * scale
+
+    cutout_box = torch.zeros(len(ops), 2, dtype=torch.long)
+    side = randaugment_value("cutout", magnitude) / _REFERENCE_SIDE
+    cutout_box[ops["cutout"]] = torch.tensor((round(side * height), round(side * width)))
+    grey = torch.tensor(_CUTOUT_FILL).reshape(1, 3, 1, 1)
+    fill = torch.zeros(len(ops), channels, dtype=torch.uint8)
+    fill[ops["cutout"]] = (grey if channels == 3 else _grayscale(grey)).reshape(-1)
+
+    def members(names: tuple[str, ...]) -> torch.Tensor:
+        return torch.tensor([op in names for op in RANDAUGMENT_OPS])
+
+    families = torch.stack([members(names) for names, _ in _RANDAUGMENT_FAMILIES])
+    return _OpTables(families.to(device), curves.to(torch.uint8).to(device), members(_IMAGE_CURVE_OPS).to(device),
+                     affine.float().to(device), cutout_box.to(device), fill.to(device))
+
+
+def apply_randaugment_ops(
+    images: torch.Tensor, ops: torch.Tensor, magnitude: float, generator: torch.Generator
+) -> torch.Tensor:
+    """One RandAugment layer: image i gets op RANDAUGMENT_OPS[ops[i]] at `magnitude` (0..30).
+
+    The ops fall into three families, each applied in one batched call to the images that
+    drew one of its ops: tone curves (a lookup table per image and channel), geometry and
+    Cutout (a source pixel per output pixel), Color and Sharpness (blends). The per-image
+    draws (a sign for the signed ops, a Cutout centre) are made for every image, so the
+    generator advances the same whatever the ops.
+    """
+    tables = _op_tables(magnitude, *images.shape[1:], images.device)
+    signs = torch.randint(0, 2, ops.shape, generator=generator, device=ops.device) * 2 - 1
+    draws = torch.cat((signs[:, None], _random_centres(images.shape, generator, images.device)), dim=1)
+    for members, (_, family) in zip(tables.families, _RANDAUGMENT_FAMILIES):
+        images = _apply_where_drawn(
+            members[ops], images, lambda rows: family(images[rows], ops[rows], draws[rows], magnitude, tables)
+        )
+    return images
+
+
+# Devices where an op family runs on the images that drew it only (see _apply_where_drawn).
+_COMPACTING_DEVICES = ("cpu",)
+
+
+def _apply_where_drawn(
+    drew: torch.Tensor, target: torch.Tensor, compute: Callable[[torch.Tensor | slice], torch.Tensor]
+) -> torch.Tensor:
+    """target (batch first) with compute(rows), the new values of target[rows], where drawn.
+
+    On the CPU only the drawing rows are computed, several times cheaper, and finding
+    them costs nothing. On an accelerator that search would sync with the host (the
+    count sets a shape), so every row is computed and torch.where keeps the drawn ones.
+    """
+    if target.device.type in _COMPACTING_DEVICES:
+        rows = drew.nonzero().squeeze(1)
+        return target.index_copy(0, rows, compute(rows)) if rows.numel() else target
+    return torch.where(drew.reshape(-1, *[1] * (target.dim() - 1)), compute(slice(None)), target)
+
+
+def randaugment(
+    images: torch.Tensor, num_ops: int, magnitude: float, generator: torch.Generator
+) -> torch.Tensor:
+    """`num_ops` layers, each image drawing its own op in each layer."""
+    for _ in range(num_ops):
+        ops = torch.randint(
+            0, len(RANDAUGMENT_OPS), images.shape[:1], generator=generator, device=images.device
+        )
+        images = apply_randaugment_ops(images, ops, magnitude, generator)
+    return images
+
+
+@register_augmentation("randaugment")
+class RandAugmentation(Augmentation):
+    """RandAugment before crop/flip, as the reference code orders them."""
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
+        config = self.config
+        augmented = randaugment(images, config.randaugment_ops, config.randaugment_magnitude, generator)
+        return AugmentedBatch(self.crop_flip(augmented, generator), (_positions(images),), None)
+
+
+def _grayscale(images: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) int32 grey as PIL's convert("L") computes it for RGB (fixed-point
+    luma); other channel counts average their channels (a grey image is its own grey)."""
+    if images.shape[1] == 3:
+        red, green, blue = images.int().unbind(1)
+        return ((red * 19595 + green * 38470 + blue * 7471 + 32768) >> 16)[:, None]
+    return images.float().mean(1, keepdim=True).round().int()
+
+
+def _blend(degenerate: torch.Tensor, image: torch.Tensor, factor: float) -> torch.Tensor:
+    """PIL's ImageEnhance: degenerate + factor * (image - degenerate) in float32, clipped
+    to 0..255 and truncated."""
+    blended = degenerate.float() + factor * (image.float() - degenerate.float())
+    return blended.clamp(0, 255).trunc()
+
+
+def _tone_curves(
+    images: torch.Tensor, ops: torch.Tensor, draws: torch.Tensor, magnitude: float, tables: _OpTables
+) -> torch.Tensor:
+    """AutoContrast, Equalize, Invert, Posterize, Solarize, SolarizeAdd, Contrast and
+    Brightness map each level of each channel (PIL works per band) through a curve."""
+    batch, channels = images.shape[:2]
+    pixels = images.reshape(batch, channels, -1).long()
+    curves = tables.curves[ops][:, None].expand(-1, channels, -1)
+    curves = _apply_where_drawn(
+        tables.image_curve[ops], curves, lambda rows: _image_curves(images[rows], pixels[rows], ops[rows], magnitude)
+    )
+    return curves.gather(2, pixels).reshape(images.shape)
+
+
+def _image_curves(images: torch.Tensor, pixels: torch.Tensor, ops: torch.Tensor, magnitude: float) -> torch.Tensor:
+    """(B, C, 256) uint8 curves of AutoContrast, Equalize or Contrast, whichever each image
+    drew, from its histogram per channel or its mean grey; `pixels` is images as (B, C, H*W)
+    int64."""
+    batch, channels, height, width = images.shape
+    levels = torch.arange(256, device=images.device)
+    counts = torch.zeros(batch, channels, 256, dtype=torch.long, device=images.device)
+    counts.scatter_add_(2, pixels, torch.ones((), dtype=torch.long, device=images.device).expand_as(pixels))
+    present = counts > 0
+    lowest = present.long().argmax(2, keepdim=True)  # argmax gives the first maximum
+    highest = 255 - present.flip(2).long().argmax(2, keepdim=True)
+
+    # AutoContrast: stretch [lowest, highest] to [0, 255]; PIL computes in float64 and
+    # truncates. A true division: `255.0 / tensor` multiplies by a reciprocal, which can
+    # land the top level on 254.99999999999997.
+    span = (highest - lowest).clamp_min(1).double()
+    scale = torch.full_like(span, 255.0) / span
+    stretched = (levels * scale - lowest * scale).long().clamp(0, 255)
+    auto_contrast = torch.where(highest > lowest, stretched, levels)
+    # Equalize: PIL's cumulative-histogram table, with the top level's count left out.
+    step = (height * width - counts.gather(2, highest)) // 255
+    below = counts.cumsum(2) - counts
+    equalized = ((step // 2 + below) // step.clamp_min(1)).clamp_max(255)
+    equalize = torch.where(step > 0, equalized, levels)
+    # Contrast: PIL blends toward the image's mean grey, rounded.
+    mean_grey = (_grayscale(images).double().mean(dim=(1, 2, 3)) + 0.5).floor()[:, None, None]
+    contrast = _blend(mean_grey, levels, randaugment_value("contrast", magnitude)).long()
+
+    def drew(op: str) -> torch.Tensor:
+        return (ops == RANDAUGMENT_OPS.index(op))[:, None, None]
+
+    curves = torch.where(drew("auto_contrast"), auto_contrast, torch.where(drew("equalize"), equalize, contrast))
+    return curves.to(torch.uint8)
+
+
+def _geometry_and_cutout(
+    images: torch.Tensor, ops: torch.Tensor, draws: torch.Tensor, magnitude: float, tables: _OpTables
+) -> torch.Tensor:
+    """Each output pixel reads one source pixel of its image. Rotate, ShearX/Y and
+    TranslateX/Y are one affine map per image, sampled nearest-neighbour like PIL; rotation
+    and shear act about the image centre (PIL shears about the corner: the same up to a
+    shift). Pixels with no source (shifted in from outside, or in a Cutout box) read an
+    extra pixel per image: black, or the Cutout grey."""
+    batch, channels, height, width = images.shape
+    device = images.device
+    signed = tables.affine[ops] * draws[:, :1]
+    angle, shear_x, shear_y, shift_x, shift_y = signed[:, :, None, None].unbind(1)
+    cos, sin = angle.cos(), angle.sin()
+    # Output pixel centres, relative to the image centre, mapped to source coordinates.
+    xs = (torch.arange(width, device=device) + 0.5 - width / 2)[None, None, :]
+    ys = (torch.arange(height, device=device) + 0.5 - height / 2)[None, :, None]
+    cols = (cos * xs + (shear_x - sin) * ys + (shift_x + width / 2)).floor().long()
+    rows = ((sin + shear_y) * xs + cos * ys + (shift_y + height / 2)).floor().long()
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    box_height, box_width = tables.cutout_box[ops].unbind(1)
+    box = _boxes(draws[:, 1:], box_height, box_width, height, width)[:, 0]
+    plane = height * width
+    sources = torch.where(inside & ~box, rows * width + cols, plane).reshape(batch, 1, plane)
+    planes = torch.cat((images.reshape(batch, channels, plane), tables.fill[ops][:, :, None]), dim=2)
+    return planes.gather(2, sources.expand(-1, channels, -1)).reshape(images.shape)
+
+
+def _colour_and_sharpness(
+    images: torch.Tensor, ops: torch.Tensor, draws: torch.Tensor, magnitude: float, tables: _OpTables
+) -> torch.Tensor:
+    """PIL's Color (a blend toward the grey image) or Sharpness (toward the image through
+    PIL's SMOOTH filter: kernel [[1,1,1],[1,5,1],[1,1,1]] / 13, rounded, borders kept)."""
+    values = images.float()
+    rows = values[..., :-2, :] + values[..., 1:-1, :] + values[..., 2:, :]
+    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
+    smoothed = values.clone()
+    smoothed[..., 1:-1, 1:-1] = ((box + 4 * values[..., 1:-1, 1:-1]) / 13).round()
+    color = (ops == RANDAUGMENT_OPS.index("color"))[:, None, None, None]
+    degenerate = torch.where(color, _grayscale(images).float(), smoothed)
+    return _blend(degenerate, values, randaugment_value("sharpness", magnitude)).to(torch.uint8)
+
+
+_RANDAUGMENT_FAMILIES: tuple[tuple[tuple[str, ...], Callable[..., torch.Tensor]], ...] = (
+    (_TONE_OPS, _tone_curves),
+    (_SOURCE_OPS, _geometry_and_cutout),
+    (_BLEND_OPS, _colour_and_sharpness),
+)
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, batch: AugmentedBatch) -> torch.Tensor:
     """Cross-entropy of each image against its (possibly mixed) soft target, shape (B,).

@@ -138,6 +138,8 @@ class InfoBatchSampler(UniformSubsetSampler):
     epoch is shorter. The last epochs are plain unif-sgd epochs (SPEC: "full data").
     """
 
+    fixed_steps_per_epoch = False  # pruning can leave fewer than k samples
+
     needs_scores = True
 
     def __init__(self, *args, **kwargs) -> None:
@@ -151,8 +153,9 @@ class InfoBatchSampler(UniformSubsetSampler):
         self.pruned_fraction = 0.0
 
     def observe(self, credit: Credit) -> None:
-        # A batch's indices are distinct, so the copy has no write conflicts.
-        self.latest_loss.index_copy_(0, credit.indices, credit.losses)
+        # A batch's indices are distinct, so the copy has no write conflicts; losses come
+        # in bfloat16 under CUDA autocast.
+        self.latest_loss.index_copy_(0, credit.indices, credit.losses.to(self.latest_loss.dtype))
 
     def epoch_batches(self, epoch: int, scorer: Scorer) -> Iterator[Batch]:
         self.pruned_fraction = 0.0

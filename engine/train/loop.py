@@ -218,12 +218,18 @@ def train(
     def scoring_forward(indices: torch.Tensor, train_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
         was_training = model.training
         model.train(train_mode)
-        images, labels = gather(indices)
+        # On a CPU, training-batch-sized pieces stay in cache and augment faster than one
+        # big batch (measured: ub's 3x presample); a GPU prefers one launch.
+        pieces = [indices] if cuda else indices.split(config.batch_size)
+        logits, labels = [], []
         with torch.no_grad():
-            augmented = augmentation(images, generator)
-            logits = forward(normalise(augmented.images)).float()
+            for piece in pieces:
+                images, piece_labels = gather(piece)
+                augmented = augmentation(images, generator)
+                logits.append(forward(normalise(augmented.images)).float())
+                labels.append(piece_labels[augmented.sources[0]])
         model.train(was_training)
-        return logits, labels[augmented.sources[0]]
+        return torch.cat(logits), torch.cat(labels)
 
     scorer = Scorer(scoring_forward)
 
@@ -274,7 +280,7 @@ def train(
                 group["lr"] = learning_rate(step, plan, config)
             images, labels = gather(batch.indices)
             augmented = augmentation(images, generator)
-            logits = forward(normalise(augmented.images))
+            logits = forward(normalise(augmented.images)).float()  # loss in fp32 under bf16 autocast
             losses = per_sample_loss(logits, labels, augmented)
             loss = losses.mean() if batch.weights is None else (losses * batch.weights).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -293,6 +299,8 @@ def train(
                                              faithful=config.fidelity == "faithful"))
             if step % progress_every == 0:
                 emit({"event": "step", "epoch": epoch + 1, "step": step, "total_steps": plan.total_steps})
+        if epoch_backprop == 0:
+            break  # the sampler has spent its budget (sb): no empty epochs in the record
         if cuda:
             torch.cuda.synchronize()  # honest timing: wait for the queued kernels
         accounting.time_train_s += time.perf_counter() - epoch_start

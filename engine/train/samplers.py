@@ -46,6 +46,10 @@ class Sampler:
 
     name: ClassVar[str]
     needs_scores: ClassVar[bool] = False  # the loop calls observe() after each training forward
+    # False: spends plan.total_steps at its own pace (e.g. sb: a full first epoch, then
+    # fewer steps, possibly none at the end) instead of plan.steps_per_epoch every epoch.
+    fixed_steps_per_epoch: ClassVar[bool] = True
+    repeats_samples: ClassVar[bool] = False  # a sample may occur twice in one epoch
 
     def __init__(
         self,
@@ -69,8 +73,8 @@ class Sampler:
         return tensor
 
     def epoch_batches(self, epoch: int, scorer: Scorer) -> Iterator[Batch]:
-        """The batches of 0-based `epoch`: exactly plan.steps_per_epoch of them unless the
-        sampler's own budget runs out first."""
+        """The batches of 0-based `epoch`: plan.steps_per_epoch of them when
+        fixed_steps_per_epoch, otherwise never more than plan.total_steps over the run."""
         raise NotImplementedError
 
     def observe(self, credit: Credit) -> None:
@@ -153,3 +157,8 @@ class FixedSubsetSampler(Sampler):
         if epoch == 0:
             self.subset.copy_(self._permutation(self.num_samples)[: self.plan.samples_per_epoch])
         return self._slices(self.subset[self._permutation(self.plan.samples_per_epoch)])
+
+
+# The importance samplers live in their own modules; importing them here registers them
+# wherever the registry is used.
+from engine.train import importance, selection  # noqa: E402,F401

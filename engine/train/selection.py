@@ -13,6 +13,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from engine.train.importance import sampling_probabilities
 from engine.train.samplers import Batch, Scorer, Sampler, register_sampler
 
 
@@ -39,13 +40,6 @@ def gradient_norm_scores(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     # scatter_add, not F.one_hot, whose range check can wait for the device.
     minus_one = torch.full((labels.shape[0], 1), -1.0, device=logits.device)
     return probabilities.scatter_add(1, labels[:, None], minus_one).norm(dim=1)
-
-
-def importance_distribution(scores: torch.Tensor) -> torch.Tensor:
-    """g = scores / sum(scores); uniform when every score is 0 (all candidates fitted
-    exactly), decided on the device."""
-    total = scores.sum()
-    return torch.where(total > 0, scores / total, 1.0 / scores.shape[0])
 
 
 def variance_reduction(g: torch.Tensor) -> torch.Tensor:
@@ -89,11 +83,15 @@ class SelectiveBackpropSampler(Sampler):
     over the whole run the sampler yields nothing more and scores nothing more.
     """
 
+    fixed_steps_per_epoch = False
+    repeats_samples = True  # a partial batch is carried into the next epoch
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.beta = self.config.sb_beta or 1.0 / self.config.budget - 1.0
         device = self.device
-        # A ring buffer of the most recent losses; +inf marks slots not yet written.
+        # A ring buffer of the most recent losses; +inf marks slots not yet written, and
+        # history_count, the losses written so far, puts the next one at count mod size.
         self.history = self.register_state(
             "history", torch.full((self.config.sb_history,), float("inf"), device=device))
         self.history_count = self.register_state("history_count", torch.zeros((), dtype=torch.long, device=device))
@@ -117,8 +115,10 @@ class SelectiveBackpropSampler(Sampler):
             kept = self._select(chunk, scorer) if scoring else chunk
             self._scored += chunk.shape[0]
             self._kept += kept.shape[0]
+            # The queue stays under two batches (a carry under one plus a chunk of at
+            # most one), so a chunk fills at most one batch and the check above caps exactly.
             queue = torch.cat((queue, kept))
-            while queue.shape[0] >= size and steps < total:
+            if queue.shape[0] >= size:
                 batch, queue = queue[:size], queue[size:]
                 steps += 1
                 yield Batch(batch)
@@ -154,12 +154,14 @@ class UpperBoundSampler(Sampler):
 
     Every step presamples B = ub_presample x batch distinct candidates uniformly (capped
     at N), scores them with gradient_norm_scores in one counted forward and folds their
-    tau into an EMA (state). The switch needs this step's scores, so every step pays the
+    tau into an EMA (state) that then decides this very step, so every step pays the
     scoring forward. While the EMA exceeds tau_th the batch is importance_draw's (with
     replacement, weighted); otherwise it is the first `batch` candidates with weight 1.
     The switch is a torch.where on the device (both branches cost a few hundred-element
     ops), so no step waits for the host; the uniform branch's weights are ones, not None.
     """
+
+    repeats_samples = True  # importance draws are with replacement
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -179,7 +181,7 @@ class UpperBoundSampler(Sampler):
         for _ in range(self.plan.steps_per_epoch):
             candidates = self._permutation(self.num_samples)[: self.presample]
             logits, labels = scorer(candidates)
-            g = importance_distribution(gradient_norm_scores(logits, labels))
+            g = sampling_probabilities(gradient_norm_scores(logits, labels), smoothing=False)
             tau = variance_reduction(g)
             self.tau_smoothed.mul_(momentum).add_((1.0 - momentum) * tau)
             importance = self.tau_smoothed > self.tau_threshold

@@ -1,0 +1,378 @@
+"""Tests of engine.train.selection: sb's percentile rule and budget, ub's tau switch and weights."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine.train.selection  # noqa: F401  registers sb and ub
+from engine.config import RunConfig
+from engine.train.budget import plan_budget
+from engine.train.data import load_dataset
+from engine.train.loop import CHECKPOINT_NAME, METRICS_NAME, train
+from engine.train.importance import sampling_probabilities
+from engine.train.samplers import SAMPLERS, Batch, Sampler, Scorer, create_sampler
+from engine.train.selection import (
+    gradient_norm_scores,
+    importance_draw,
+    loss_percentile,
+    selection_probability,
+    tau_threshold,
+    variance_reduction,
+)
+
+NUM_CLASSES = 10
+DIGITS_TRAIN = 1437
+INF = float("inf")
+
+
+def _config(sampler: str, **changes) -> RunConfig:
+    values = {"sampler": sampler, "budget": 0.5, "epochs": 8, "batch_size": 10, "device": "cpu", **changes}
+    config = RunConfig(**values)
+    config.validate()
+    return config
+
+
+def _make(config: RunConfig, num_samples: int = 103, seed: int = 0) -> Sampler:
+    plan = plan_budget(config, num_samples)
+    generator = torch.Generator().manual_seed(seed)
+    return create_sampler(config.sampler, num_samples, plan, config.batch_size, generator, config)
+
+
+def _fixed_logits(num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random logits and labels per sample: varied, repeatable losses without a model."""
+    logits = torch.randn(num_samples, NUM_CLASSES, generator=torch.Generator().manual_seed(1)) * 3
+    return logits, torch.arange(num_samples) % NUM_CLASSES
+
+
+def _random_loss_scorer(num_samples: int) -> Scorer:
+    logits, labels = _fixed_logits(num_samples)
+    return Scorer(lambda indices, train_mode: (logits[indices], labels[indices]))
+
+
+def _digits_config(sampler: str, **changes) -> RunConfig:
+    values = {"dataset": "digits", "model": "small_cnn", "epochs": 3, "batch_size": 64, "crop_padding": 1,
+              "sampler": sampler, "budget": 0.5, "device": "cpu", "threads": 1, **changes}
+    config = RunConfig(**values)
+    config.validate()
+    return config
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / METRICS_NAME).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return load_dataset("digits", tmp_path_factory.mktemp("data"))
+
+
+def test_both_samplers_are_registered():
+    assert {"sb", "ub"} <= set(SAMPLERS)
+    assert SAMPLERS["sb"].name == "sb" and SAMPLERS["ub"].name == "ub"
+
+
+# --- sb
+
+
+def test_percentile_is_the_share_of_recorded_losses_at_or_below():
+    history = torch.tensor([1.0, 2.0, 3.0, 4.0, INF, INF])  # +inf: empty slots, not counted
+    losses = torch.tensor([2.0, 4.0, 0.5, 2.5, 10.0])
+    assert loss_percentile(losses, history).tolist() == [50.0, 100.0, 0.0, 50.0, 100.0]
+    # Ties count as at or below: equal losses are all at 100.
+    assert loss_percentile(torch.tensor([1.0]), torch.ones(4)).tolist() == [100.0]
+
+
+def test_selection_probability_is_the_percentile_to_the_power_beta():
+    history = torch.tensor([1.0, 2.0, 3.0, 4.0, INF, INF])
+    losses = torch.tensor([2.0, 4.0, 0.5, 1.0])
+    assert selection_probability(losses, history, 2.0).tolist() == [0.25, 1.0, 0.0, 0.0625]
+    beta = 1 / 0.3 - 1
+    expected = [0.5**beta, 1.0, 0.0, 0.25**beta]
+    assert selection_probability(losses, history, beta).tolist() == pytest.approx(expected, rel=1e-6)
+    assert selection_probability(losses, history, 0.0).tolist() == [1.0] * 4
+
+
+def test_sb_beta_defaults_to_one_over_budget_minus_one():
+    assert _make(_config("sb", budget=0.25)).beta == pytest.approx(3.0)
+    assert _make(_config("sb", budget=0.25, sb_beta=1.5)).beta == 1.5
+
+
+def test_sb_history_is_a_ring_of_the_most_recent_losses():
+    sampler = _make(_config("sb", sb_history=4))
+    sampler._remember(torch.tensor([1.0, 2.0, 3.0]))
+    assert sampler.history.tolist() == [1.0, 2.0, 3.0, INF]
+    sampler._remember(torch.tensor([4.0, 5.0]))
+    assert sampler.history.tolist() == [5.0, 2.0, 3.0, 4.0]
+    sampler._remember(torch.tensor([6.0, 7.0, 8.0, 9.0, 10.0]))  # more than fits: the last four
+    assert sorted(sampler.history.tolist()) == [7.0, 8.0, 9.0, 10.0]
+    assert int(sampler.history_count) == 9  # losses written: the next slot is 9 mod 4
+
+
+def test_sb_first_epoch_backprops_everything_unscored_and_carries_the_rest():
+    sampler = _make(_config("sb"))  # 103 samples, batch 10, 8 epochs x 5 steps of budget
+    scorer = _random_loss_scorer(103)
+    first = list(sampler.epoch_batches(0, scorer))
+    used = torch.cat([batch.indices for batch in first])
+    assert len(first) == 10 and used.unique().numel() == 100
+    assert scorer.forwarded == 0 and int(sampler.history_count) == 0
+    assert all(batch.weights is None for batch in first)
+    carried = sampler.carry[: int(sampler.carry_count)].clone()
+    assert sorted(used.tolist() + carried.tolist()) == list(range(103))
+    assert int(sampler.steps_taken) == 10
+
+    second = list(sampler.epoch_batches(1, scorer))
+    assert scorer.forwarded == 103 and int(sampler.history_count) == 103
+    assert torch.equal(second[0].indices[:3], carried)  # the carry leads the next epoch
+    assert 0 < len(second) < 10
+    fraction = sampler.diagnostics()["sb_selected_fraction"]
+    assert (len(second) * 10 - 3) / 103 <= fraction < (len(second) * 10 + 7) / 103
+
+
+def test_sb_ranks_each_chunk_with_its_own_losses_in_the_history():
+    sampler = _make(_config("sb", sb_beta=3.0))  # low-ranked losses are rarely kept
+    calls: list[torch.Tensor] = []
+    logits, labels = _fixed_logits(103)
+    scorer = Scorer(lambda indices, train_mode: (calls.append(indices), logits[indices], labels[indices])[1:])
+    first_batch = next(iter(sampler.epoch_batches(1, scorer)))  # the history starts empty
+    losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    first_chunk = calls[0]
+    hardest = first_chunk[losses[first_chunk].argmax()]
+    assert int(hardest) in first_batch.indices.tolist()  # percentile 100 among its own chunk: P = 1
+
+
+def test_sb_stops_for_good_when_its_steps_are_spent():
+    sampler = _make(_config("sb", epochs=3))  # 15 steps in all; the first epoch takes 10
+    scorer = _random_loss_scorer(103)
+    steps = [len(list(sampler.epoch_batches(epoch, scorer))) for epoch in range(6)]
+    assert sum(steps) == sampler.plan.total_steps == 15
+    assert steps[0] == 10 and steps[-1] == 0
+    forwarded = scorer.forwarded
+    assert list(sampler.epoch_batches(6, scorer)) == []
+    assert scorer.forwarded == forwarded  # no scoring once the budget is spent
+    assert int(sampler.carry_count) == 0
+
+
+def test_sb_keeps_low_loss_candidates_less_often():
+    sampler = _make(_config("sb", budget=0.25))  # beta 3
+    scorer = _random_loss_scorer(103)
+    losses = torch.nn.functional.cross_entropy(*_fixed_logits(103), reduction="none")
+    hard = set(losses.argsort()[-20:].tolist())
+    easy = set(losses.argsort()[:20].tolist())
+    kept = {"hard": 0, "easy": 0}
+    for epoch in range(1, 40):
+        sampler.steps_taken.zero_()  # keep the budget from running out
+        for batch in sampler.epoch_batches(epoch, scorer):
+            kept["hard"] += len(hard & set(batch.indices.tolist()))
+            kept["easy"] += len(easy & set(batch.indices.tolist()))
+    assert kept["hard"] > 5 * kept["easy"]
+
+
+def test_sb_selects_about_a_budget_share_of_stationary_losses():
+    # With the history holding exactly the N fixed losses, percentiles are j/N, j = 1..N,
+    # so the expected kept share is mean((j/N)^3) = (N+1)^2 / (4 N^2) at budget 1/4.
+    sampler = _make(_config("sb", budget=0.25, sb_history=103))
+    scorer = _random_loss_scorer(103)
+    fractions = []
+    for epoch in range(1, 40):
+        sampler.steps_taken.zero_()  # keep the budget from running out
+        list(sampler.epoch_batches(epoch, scorer))
+        fractions.append(sampler.diagnostics()["sb_selected_fraction"])
+    expected = 104**2 / (4 * 103**2)
+    assert sum(fractions[1:]) / len(fractions[1:]) == pytest.approx(expected, abs=0.02)
+
+
+def _assert_same_state(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+@pytest.mark.parametrize("name", ["sb", "ub"])
+def test_state_dict_round_trip_continues_identically(name):
+    config = _config(name)
+    scorer = _random_loss_scorer(103)
+    original = _make(config, seed=0)
+    for epoch in range(2):
+        list(original.epoch_batches(epoch, scorer))
+    state = original.state_dict()
+    expected = {"sb": {"history", "history_count", "carry", "carry_count", "steps_taken"},
+                "ub": {"tau_smoothed"}}[name]
+    assert set(state) == expected
+    if name == "sb":
+        assert int(state["history_count"]) == 103 and int(state["carry_count"]) > 0
+    else:
+        assert float(state["tau_smoothed"]) != 1.0
+
+    restored = _make(config, seed=99)
+    restored.load_state_dict(state)
+    _assert_same_state(restored.state_dict(), state)
+    restored.generator.set_state(original.generator.get_state())
+    for epoch in (2, 3):
+        batches = [list(sampler.epoch_batches(epoch, scorer)) for sampler in (original, restored)]
+        assert len(batches[0]) == len(batches[1]) > 0
+        for first, second in zip(*batches):
+            assert torch.equal(first.indices, second.indices)
+            assert (first.weights is None) == (second.weights is None)
+            assert first.weights is None or torch.equal(first.weights, second.weights)
+    _assert_same_state(restored.state_dict(), original.state_dict())
+    # state_dict is a copy: later changes to the sampler do not leak into it.
+    assert not all(torch.equal(state[key], value) for key, value in original.state_dict().items())
+
+
+def test_sb_stays_within_its_budget_and_counts_its_scoring(tmp_path, digits):
+    config = _digits_config("sb", budget=0.3, epochs=5)
+    summary = train(config, tmp_path / "run", data_root=tmp_path, data=(digits, None))
+    plan = plan_budget(config, DIGITS_TRAIN)
+    # Uncapped, sb would take 22 steps in the first epoch and about 7 in each later one.
+    assert plan.total_steps == 30
+    assert summary["steps"] == plan.total_steps
+    assert summary["samples_backprop"] == plan.total_steps * 64
+    assert summary["samples_forwarded_scoring"] > 0
+    assert summary["samples_forwarded"] == summary["samples_backprop"] + summary["samples_forwarded_scoring"]
+    steps = [record["step"] for record in _metrics(tmp_path / "run")]
+    assert steps[0] == DIGITS_TRAIN // 64  # the whole first epoch
+    assert steps[-1] == plan.total_steps
+
+
+class StopAtEpoch(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_after", [1, 2])
+def test_sb_resume_ends_identical_to_an_uninterrupted_run(tmp_path, digits, stop_after):
+    config = _digits_config("sb", epochs=4)
+    uninterrupted = train(config, tmp_path / "a", data_root=tmp_path, data=(digits, None))
+
+    def stop(event: dict) -> None:
+        if event["event"] == "epoch" and event["epoch"] == stop_after:
+            raise StopAtEpoch
+
+    with pytest.raises(StopAtEpoch):
+        train(config, tmp_path / "b", data_root=tmp_path, on_event=stop, data=(digits, None))
+    saved = torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=True)["sampler"]
+    assert int(saved["carry_count"]) > 0  # the carry must survive the restart
+    assert int(saved["history_count"]) == (0 if stop_after == 1 else DIGITS_TRAIN)
+    resumed = train(config, tmp_path / "b", data_root=tmp_path, data=(digits, None))
+
+    for key in ("final_test_acc", "final_test_loss", "best_test_acc", "steps", "samples_backprop",
+                "samples_forwarded", "samples_forwarded_scoring", "flops_train"):
+        assert resumed[key] == uninterrupted[key], key
+    timed = {"time_train_s", "time_eval_s", "images_per_s"}
+    assert [{k: v for k, v in r.items() if k not in timed} for r in _metrics(tmp_path / "b")] == \
+        [{k: v for k, v in r.items() if k not in timed} for r in _metrics(tmp_path / "a")]
+
+
+@pytest.mark.parametrize("name", ["sb", "ub"])
+def test_trains_on_digits_with_a_finite_loss(tmp_path, digits, name):
+    config = _digits_config(name)
+    summary = train(config, tmp_path / "run", data_root=tmp_path, data=(digits, None))
+    plan = plan_budget(config, DIGITS_TRAIN)
+    records = _metrics(tmp_path / "run")
+    assert len(records) == 3
+    assert all(math.isfinite(record["train_loss"]) for record in records)
+    assert summary["final_test_acc"] > 0.3  # well above chance (0.1) after 33 steps
+    assert summary["samples_forwarded_scoring"] > 0
+    if name == "ub":
+        assert summary["steps"] == plan.total_steps
+        assert summary["samples_forwarded_scoring"] == plan.total_steps * 3 * 64
+        assert {"ub_importance_fraction", "ub_tau_mean"} <= records[0].keys()
+        assert all(record["ub_tau_mean"] >= 1.0 for record in records)
+    else:
+        assert summary["steps"] <= plan.total_steps
+        assert records[0]["sb_selected_fraction"] == 1.0
+
+
+# --- ub
+
+
+def test_gradient_norm_scores_are_the_norm_of_the_loss_gradient_wrt_the_logits():
+    logits = torch.randn(6, NUM_CLASSES, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    labels = torch.tensor([0, 3, 9, 9, 1, 4])
+    torch.nn.functional.cross_entropy(logits, labels, reduction="sum").backward()
+    expected = logits.grad.norm(dim=1)
+    assert torch.allclose(gradient_norm_scores(logits.detach(), labels), expected, atol=1e-6)
+    confident = torch.tensor([[1000.0, 0.0, 0.0], [1000.0, 0.0, 0.0]])
+    assert gradient_norm_scores(confident, torch.tensor([0, 1])).tolist() == pytest.approx([0.0, math.sqrt(2)])
+
+
+def test_ub_distribution_normalises_and_falls_back_to_uniform():
+    assert sampling_probabilities(torch.tensor([1.0, 3.0, 0.0]), smoothing=False).tolist() == [0.25, 0.75, 0.0]
+    assert sampling_probabilities(torch.zeros(4), smoothing=False).tolist() == [0.25] * 4
+
+
+def test_tau_by_hand_and_its_threshold():
+    assert float(variance_reduction(torch.full((7,), 1 / 7))) == pytest.approx(1.0)
+    # g = (1/2, 1/4, 1/4, 0): ||g - u||^2 = 1/8, ||g||^2 = 3/8, tau = (1 - 1/3)^(-1/2).
+    assert float(variance_reduction(torch.tensor([0.5, 0.25, 0.25, 0.0]))) == pytest.approx(math.sqrt(1.5))
+    # All mass on one of B candidates: the largest possible tau, sqrt(B), finite.
+    one_hot = torch.zeros(384)
+    one_hot[5] = 1.0
+    assert float(variance_reduction(one_hot)) == pytest.approx(math.sqrt(384), rel=1e-4)
+    assert tau_threshold(384, 128) == 2.0
+    assert tau_threshold(40, 10) == pytest.approx(70 / 30)
+
+
+def test_importance_weights_make_the_batch_mean_unbiased():
+    candidates = 12
+    g = torch.arange(1.0, candidates + 1) / (candidates * (candidates + 1) / 2)
+    q = torch.arange(float(candidates), 0.0, -1.0)  # anti-correlated with g: a plain mean is biased
+    generator = torch.Generator().manual_seed(0)
+    estimates = []
+    for _ in range(4000):
+        positions, weights = importance_draw(g, 10, generator)
+        assert weights.tolist() == pytest.approx((1 / (candidates * g[positions])).tolist())
+        estimates.append(float((weights * q[positions]).mean()))
+    estimates = torch.tensor(estimates, dtype=torch.float64)
+    standard_error = float(estimates.std()) / math.sqrt(len(estimates))
+    assert abs(float(estimates.mean()) - float(q.mean())) < 4 * standard_error
+    assert float((g * q).sum()) < float(q.mean()) - 1.0  # what unweighted draws would estimate
+
+
+def _two_level_scorer(wrong: int, calls: list) -> Scorer:
+    """The first `wrong` candidates of every call are confidently wrong (score sqrt 2),
+    the rest confidently right (score 0): g = 1/wrong on those, tau = sqrt(B / wrong)."""
+
+    def forward(indices: torch.Tensor, train_mode: bool):
+        calls.append(indices)
+        logits = torch.zeros(indices.shape[0], NUM_CLASSES)
+        logits[:wrong, 1] = 1000.0
+        logits[wrong:, 0] = 1000.0
+        return logits, torch.zeros(indices.shape[0], dtype=torch.long)
+
+    return Scorer(forward)
+
+
+@pytest.mark.parametrize("wrong, momentum, first_on", [
+    (3, 0.9, 6),  # tau sqrt(10): the EMA from 1 passes tau_th = 2 at step 6
+    (6, 0.0, 1),  # tau sqrt(5) > 2 and no smoothing: on from the first step
+    (8, 0.0, None),  # tau sqrt(3.75) < 2: never on
+])
+def test_ub_switches_importance_sampling_on_only_while_the_smoothed_tau_exceeds_the_threshold(
+    wrong, momentum, first_on
+):
+    sampler = _make(_config("ub", ub_tau_momentum=momentum))  # batch 10, B 30, 5 steps per epoch
+    assert sampler.presample == 30 and sampler.tau_threshold == 2.0
+    calls: list[torch.Tensor] = []
+    scorer = _two_level_scorer(wrong, calls)
+    batches: list[Batch] = []
+    fractions = []
+    for epoch in range(2):
+        batches += list(sampler.epoch_batches(epoch, scorer))
+        fractions.append(sampler.diagnostics()["ub_importance_fraction"])
+        assert sampler.diagnostics()["ub_tau_mean"] == pytest.approx(math.sqrt(30 / wrong), rel=1e-5)
+    assert scorer.forwarded == 10 * 30  # every step scores its presample
+    for step, (batch, candidates) in enumerate(zip(batches, calls), start=1):
+        assert candidates.unique().numel() == 30
+        if first_on is not None and step >= first_on:
+            assert set(batch.indices.tolist()) <= set(candidates[:wrong].tolist())
+            assert torch.allclose(batch.weights, torch.full((10,), wrong / 30))
+        else:
+            assert torch.equal(batch.indices, candidates[:10])
+            assert torch.equal(batch.weights, torch.ones(10))
+    on_steps = 0 if first_on is None else 11 - first_on
+    assert sum(fractions) * 5 == pytest.approx(on_steps)
+    expected_tau = math.sqrt(30 / wrong) - (math.sqrt(30 / wrong) - 1) * momentum**10
+    assert float(sampler.tau_smoothed) == pytest.approx(expected_tau, rel=1e-5)
