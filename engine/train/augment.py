@@ -112,17 +112,19 @@ def _positions(images: torch.Tensor) -> torch.Tensor:
 # hands it to a function that can also be called with chosen values.
 
 
-def sample_beta(alpha: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """One draw of Beta(alpha, alpha) as a 0-d float32 tensor on `device`, no host sync.
+def sample_beta(
+    alpha: float, generator: torch.Generator, device: torch.device, shape: tuple[int, ...] = ()
+) -> torch.Tensor:
+    """Independent draws of Beta(alpha, alpha), float32 on `device`, no host sync.
 
     Beta = X / (X + Y) with X, Y ~ Gamma(alpha): torch.distributions takes no generator,
     torch._standard_gamma does. Float64 keeps both gammas from underflowing to 0 for small
     alpha (P(X < 1e-300) is about 1e-90 at alpha = 0.3), which would make 0/0.
     """
     gammas = torch._standard_gamma(
-        torch.full((2,), alpha, dtype=torch.float64, device=device), generator=generator
+        torch.full((2, *shape), alpha, dtype=torch.float64, device=device), generator=generator
     )
-    return (gammas[0] / gammas.sum()).float()
+    return (gammas[0] / gammas.sum(0)).float()
 
 
 def _permutation(batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -139,21 +141,22 @@ def _random_below(upper: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return wide % upper
 
 
-def _random_centres(shape: torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """(B, 2) int64: a uniform random pixel (row, column) per image."""
-    batch, _, height, width = shape
-    rows = torch.randint(0, height, (batch,), generator=generator, device=device)
-    cols = torch.randint(0, width, (batch,), generator=generator, device=device)
-    return torch.stack((rows, cols), dim=1)
+def _select(mask: torch.Tensor, chosen: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """torch.where(mask, chosen, other) by arithmetic, for finite values of one dtype
+    (broadcasting like where): on one CPU thread torch.where is not vectorised and runs
+    10-20 times slower than these multiplies."""
+    mask = mask.to(chosen.dtype)
+    return chosen * mask + other * (1 - mask)
 
 
 def _boxes(
     centres: torch.Tensor, box_height: torch.Tensor, box_width: torch.Tensor, height: int, width: int
 ) -> torch.Tensor:
-    """A (B, 1, H, W) bool mask per image: a box around its centre, clipped to the image.
-    Box sizes are int64 tensors broadcastable to (B,); a size 0 gives no box."""
-    top = centres[:, 0] - box_height // 2
-    left = centres[:, 1] - box_width // 2
+    """A (B, 1, H, W) bool mask per image: a box around its centre pixel (B,), numbered
+    row by row, clipped to the image. Box sizes are int64 tensors broadcastable to (B,);
+    a size 0 gives no box."""
+    top = centres // width - box_height // 2
+    left = centres % width - box_width // 2
     rows = torch.arange(height, device=centres.device)
     cols = torch.arange(width, device=centres.device)
     # Comparing against arange clips the box for free: rows outside 0..H-1 never exist.
@@ -162,9 +165,24 @@ def _boxes(
     return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
 
 
+def _read_pixels(
+    images: torch.Tensor, sources: torch.Tensor, extra: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Pixel p of output image b, in every channel, is pixel sources[b, p] (int64, (B, H*W))
+    of the batch flattened channel-first: i * H*W + q is pixel q of image i, and B*H*W + k
+    is column k of `extra` (C, K), values no image holds. Channels first, so one gather
+    with one index serves every channel (on CPU faster than take or index_select)."""
+    batch, channels, height, width = images.shape
+    planes = images.transpose(0, 1).reshape(channels, -1)
+    if extra is not None:
+        planes = torch.cat((planes, extra), dim=1)
+    read = planes.gather(1, sources.reshape(1, -1).expand(channels, -1))
+    return read.reshape(channels, batch, height, width).transpose(0, 1).contiguous()
+
+
 def mixup(images: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> AugmentedBatch:
     """lam * x + (1 - lam) * x[partner] as float32 on the 0..255 scale; lam is a 0-d tensor."""
-    mixed = torch.lerp(images[partner].float(), images.float(), lam)
+    mixed = torch.lerp(images.index_select(0, partner).float(), images.float(), lam)
     weight = lam.expand(images.shape[0])
     return AugmentedBatch(mixed, (_positions(images), partner), (weight, 1.0 - weight))
 
@@ -176,11 +194,12 @@ def cutmix(
     centre per image; the label weights are each image's area after clipping."""
     height, width = images.shape[-2:]
     side = (1.0 - lam).sqrt()
-    centres = _random_centres(images.shape, generator, images.device)
+    centres = torch.randint(0, height * width, images.shape[:1], generator=generator, device=images.device)
     box = _boxes(centres, (height * side).round().long(), (width * side).round().long(), height, width)
     pasted = box.sum(dim=(1, 2, 3)) / (height * width)
     return AugmentedBatch(
-        torch.where(box, images[partner], images), (_positions(images), partner), (1.0 - pasted, pasted)
+        _select(box, images.index_select(0, partner), images), (_positions(images), partner),
+        (1.0 - pasted, pasted),
     )
 
 
@@ -194,29 +213,27 @@ def ricap(
     """Tile each image with four regions split at column `width` and row `height` (0-d int64
     tensors): top-left, top-right, bottom-left, bottom-right. Region k of image i is a crop
     of region k's size, at a random offset per image, from image permutations[k, i]."""
-    batch, channels, full_height, full_width = images.shape
+    batch, _, full_height, full_width = images.shape
     device = images.device
-    region_widths = torch.stack((width, full_width - width, width, full_width - width))
-    region_heights = torch.stack((height, height, full_height - height, full_height - height))
-    # Per region and image, the crop's top-left corner in its source image.
-    offset_rows = _random_below((full_height - region_heights + 1)[:, None].expand(4, batch), generator)
-    offset_cols = _random_below((full_width - region_widths + 1)[:, None].expand(4, batch), generator)
-    lower = torch.arange(full_height, device=device) >= height  # (H,)
-    right = torch.arange(full_width, device=device) >= width  # (W,)
-    region = 2 * lower[:, None] + right[None, :]  # (H, W): which region each pixel is in
-    local_rows = torch.arange(full_height, device=device) - height * lower
-    local_cols = torch.arange(full_width, device=device) - width * right
-    # Every output pixel's position in the flattened batch: one `take` reads the collage
-    # (on CPU it beats gather and index_select across images).
     plane = full_height * full_width
-    pixel = (
-        permutations.T[:, region] * (channels * plane)
-        + (offset_rows.T[:, region] + local_rows[:, None]) * full_width
-        + offset_cols.T[:, region] + local_cols[None, :]
-    )
-    channel = torch.arange(channels, device=device).reshape(1, channels, 1, 1) * plane
-    collage = images.reshape(-1).take(pixel[:, None] + channel)
-    shares = (region_widths * region_heights).float() / (full_width * full_height)
+    zero = torch.zeros_like(height)
+    corner_rows = torch.stack((zero, zero, height, height))
+    corner_cols = torch.stack((zero, width, zero, width))
+    region_heights = torch.stack((height, height, full_height - height, full_height - height))
+    region_widths = torch.stack((width, full_width - width, width, full_width - width))
+    # Per region and image, the crop's top-left corner in its source image.
+    room = torch.stack((full_height - region_heights, full_width - region_widths)) + 1
+    offset_rows, offset_cols = _random_below(room[:, :, None].expand(2, 4, batch), generator)
+    # Output pixel p of region k of image i reads pixel start[k, i] + p of the flattened
+    # batch: the offset of the crop relative to the region's corner, in the source image.
+    start = (permutations * plane + (offset_rows - corner_rows[:, None]) * full_width
+             + offset_cols - corner_cols[:, None])
+    lower = torch.arange(full_height, device=device) >= height
+    right = torch.arange(full_width, device=device) >= width
+    region = 2 * lower[:, None] + right[None, :]  # (H, W): which region each pixel is in
+    sources = start.T.index_select(1, region.reshape(-1)) + torch.arange(plane, device=device)
+    collage = _read_pixels(images, sources)
+    shares = (region_widths * region_heights).float() / plane
     return AugmentedBatch(
         collage, tuple(permutations), tuple(share.expand(batch) for share in shares)
     )
@@ -252,12 +269,11 @@ class RicapAugmentation(Augmentation):
         images = self.crop_flip(images, generator)
         batch, _, height, width = images.shape
         device = images.device
-        beta = self.config.ricap_beta
-        split_col = (width * sample_beta(beta, generator, device)).round().long()
-        split_row = (height * sample_beta(beta, generator, device)).round().long()
+        column_fraction, row_fraction = sample_beta(self.config.ricap_beta, generator, device, (2,))
+        split_col = (width * column_fraction).round().long()
+        split_row = (height * row_fraction).round().long()
         permutations = torch.stack([_permutation(batch, generator, device) for _ in range(4)])
         return ricap(images, permutations, split_col, split_row, generator)
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -293,10 +309,10 @@ _REFERENCE_SIDE = 32
 _CUTOUT_FILL = (125, 123, 114)  # the reference's grey box, RGB
 _MAX_MAGNITUDE = 30
 
-# The three families of ops, each applied by one batched function (see apply_randaugment_ops).
+# The three families of ops, each applied by one batched function (see apply_randaugment_ops)
+# that takes the same arguments: its images, their ops and draws, the magnitude, _OpTables.
 _TONE_OPS = ("auto_contrast", "equalize", "invert", "posterize", "solarize", "solarize_add", "contrast",
              "brightness")
-_IMAGE_CURVE_OPS = ("auto_contrast", "equalize", "contrast")  # tone curves that depend on the image
 _GEOMETRIC_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")  # in _OpTables.affine order
 _SOURCE_OPS = (*_GEOMETRIC_OPS, "cutout")
 _BLEND_OPS = ("color", "sharpness")
@@ -309,11 +325,10 @@ def randaugment_value(op: str, magnitude: float) -> float:
 
 class _OpTables(NamedTuple):
     """Everything about the 16 ops that depends on the magnitude and image shape only,
-    as tables indexed by op: `table[ops]` gives each image its own row in one call."""
+    as tables indexed by op: table.index_select(0, ops) gives each image its own row."""
 
     families: torch.Tensor  # (3, 16) bool: the ops of each of _RANDAUGMENT_FAMILIES
     curves: torch.Tensor  # (16, 256) uint8: level curve, the identity where none is constant
-    image_curve: torch.Tensor  # (16,) bool: AutoContrast, Equalize, Contrast
     affine: torch.Tensor  # (16, 5) float: rotation (radians), shear x, shear y, shift x, y (px) at sign +1
     cutout_box: torch.Tensor  # (16, 2) int64: Cutout box height and width, 0 for other ops
     fill: torch.Tensor  # (16, C) uint8: colour of pixels with no source (Cutout grey, else black)
@@ -354,8 +369,8 @@ def _op_tables(magnitude: float, channels: int, height: int, width: int, device:
         return torch.tensor([op in names for op in RANDAUGMENT_OPS])
 
     families = torch.stack([members(names) for names, _ in _RANDAUGMENT_FAMILIES])
-    return _OpTables(families.to(device), curves.to(torch.uint8).to(device), members(_IMAGE_CURVE_OPS).to(device),
-                     affine.float().to(device), cutout_box.to(device), fill.to(device))
+    return _OpTables(families.to(device), curves.to(torch.uint8).to(device), affine.float().to(device),
+                     cutout_box.to(device), fill.to(device))
 
 
 def apply_randaugment_ops(
@@ -365,16 +380,19 @@ def apply_randaugment_ops(
 
     The ops fall into three families, each applied in one batched call to the images that
     drew one of its ops: tone curves (a lookup table per image and channel), geometry and
-    Cutout (a source pixel per output pixel), Color and Sharpness (blends). The per-image
-    draws (a sign for the signed ops, a Cutout centre) are made for every image, so the
-    generator advances the same whatever the ops.
+    Cutout (a source pixel per output pixel), Color and Sharpness (blends). Every image
+    gets its random draw whatever its op, so the generator advances the same for any ops.
     """
     tables = _op_tables(magnitude, *images.shape[1:], images.device)
-    signs = torch.randint(0, 2, ops.shape, generator=generator, device=ops.device) * 2 - 1
-    draws = torch.cat((signs[:, None], _random_centres(images.shape, generator, images.device)), dim=1)
+    height, width = images.shape[-2:]
+    # One uniform draw per image in [0, 2*H*W): its parity is the sign of the signed ops,
+    # the rest the pixel at the centre of a Cutout box.
+    draws = torch.randint(0, 2 * height * width, ops.shape, generator=generator, device=ops.device)
     for members, (_, family) in zip(tables.families, _RANDAUGMENT_FAMILIES):
         images = _apply_where_drawn(
-            members[ops], images, lambda rows: family(images[rows], ops[rows], draws[rows], magnitude, tables)
+            members.index_select(0, ops),
+            images,
+            lambda pick: family(pick(images), pick(ops), pick(draws), magnitude, tables),
         )
     return images
 
@@ -384,18 +402,24 @@ _COMPACTING_DEVICES = ("cpu",)
 
 
 def _apply_where_drawn(
-    drew: torch.Tensor, target: torch.Tensor, compute: Callable[[torch.Tensor | slice], torch.Tensor]
+    drew: torch.Tensor,
+    target: torch.Tensor,
+    compute: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor],
 ) -> torch.Tensor:
-    """target (batch first) with compute(rows), the new values of target[rows], where drawn.
+    """target (batch first) with new values where `drew`: compute(pick) returns them for
+    the rows that pick(tensor) selects from each batch-first tensor it is given.
 
-    On the CPU only the drawing rows are computed, several times cheaper, and finding
+    On the CPU pick selects the drawing rows only, several times cheaper, and finding
     them costs nothing. On an accelerator that search would sync with the host (the
-    count sets a shape), so every row is computed and torch.where keeps the drawn ones.
+    count sets a shape), so pick keeps every row and torch.where keeps the drawn ones.
     """
     if target.device.type in _COMPACTING_DEVICES:
         rows = drew.nonzero().squeeze(1)
-        return target.index_copy(0, rows, compute(rows)) if rows.numel() else target
-    return torch.where(drew.reshape(-1, *[1] * (target.dim() - 1)), compute(slice(None)), target)
+        if not rows.numel():
+            return target
+        # index_select copies whole rows; indexing with [rows] goes element by element.
+        return target.index_copy(0, rows, compute(lambda tensor: tensor.index_select(0, rows)))
+    return torch.where(drew.reshape(-1, *[1] * (target.dim() - 1)), compute(lambda tensor: tensor), target)
 
 
 def randaugment(
@@ -421,12 +445,12 @@ class RandAugmentation(Augmentation):
 
 
 def _grayscale(images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) int32 grey as PIL's convert("L") computes it for RGB (fixed-point
-    luma); other channel counts average their channels (a grey image is its own grey)."""
-    if images.shape[1] == 3:
-        red, green, blue = images.int().unbind(1)
-        return ((red * 19595 + green * 38470 + blue * 7471 + 32768) >> 16)[:, None]
-    return images.float().mean(1, keepdim=True).round().int()
+    """(B, 1, ...) int32 grey of one-channel (itself) or RGB images (B, C, ...), the latter
+    as PIL's convert("L") computes it (fixed-point luma)."""
+    if images.shape[1] == 1:
+        return images.int()
+    red, green, blue = images.int().unbind(1)
+    return ((red * 19595 + green * 38470 + blue * 7471 + 32768) >> 16)[:, None]
 
 
 def _blend(degenerate: torch.Tensor, image: torch.Tensor, factor: float) -> torch.Tensor:
@@ -442,47 +466,57 @@ def _tone_curves(
     """AutoContrast, Equalize, Invert, Posterize, Solarize, SolarizeAdd, Contrast and
     Brightness map each level of each channel (PIL works per band) through a curve."""
     batch, channels = images.shape[:2]
-    pixels = images.reshape(batch, channels, -1).long()
-    curves = tables.curves[ops][:, None].expand(-1, channels, -1)
-    curves = _apply_where_drawn(
-        tables.image_curve[ops], curves, lambda rows: _image_curves(images[rows], pixels[rows], ops[rows], magnitude)
-    )
-    return curves.gather(2, pixels).reshape(images.shape)
+    pixels = images.reshape(batch, channels, -1)
+    curves = tables.curves.index_select(0, ops)[:, None].expand(-1, channels, -1)
+    for op, image_curves in _IMAGE_CURVES.items():
+        curves = _apply_where_drawn(
+            ops == RANDAUGMENT_OPS.index(op), curves, lambda pick: image_curves(pick(pixels), magnitude)
+        )
+    return curves.gather(2, pixels.long()).reshape(images.shape)
 
 
-def _image_curves(images: torch.Tensor, pixels: torch.Tensor, ops: torch.Tensor, magnitude: float) -> torch.Tensor:
-    """(B, C, 256) uint8 curves of AutoContrast, Equalize or Contrast, whichever each image
-    drew, from its histogram per channel or its mean grey; `pixels` is images as (B, C, H*W)
-    int64."""
-    batch, channels, height, width = images.shape
-    levels = torch.arange(256, device=images.device)
-    counts = torch.zeros(batch, channels, 256, dtype=torch.long, device=images.device)
-    counts.scatter_add_(2, pixels, torch.ones((), dtype=torch.long, device=images.device).expand_as(pixels))
-    present = counts > 0
-    lowest = present.long().argmax(2, keepdim=True)  # argmax gives the first maximum
-    highest = 255 - present.flip(2).long().argmax(2, keepdim=True)
+# Curves that depend on the image: (B, C, H*W) uint8 pixels and the magnitude give (B, C, 256) uint8.
 
-    # AutoContrast: stretch [lowest, highest] to [0, 255]; PIL computes in float64 and
-    # truncates. A true division: `255.0 / tensor` multiplies by a reciprocal, which can
-    # land the top level on 254.99999999999997.
+
+def _auto_contrast_curves(pixels: torch.Tensor, magnitude: float) -> torch.Tensor:
+    """Stretch each channel's [lowest, highest] to [0, 255]. PIL computes in float64 and
+    truncates; a true division, as `255.0 / tensor` multiplies by a reciprocal, which can
+    land the top level on 254.99999999999997."""
+    levels = torch.arange(256, device=pixels.device)
+    lowest, highest = (extreme.long() for extreme in pixels.aminmax(dim=2, keepdim=True))
     span = (highest - lowest).clamp_min(1).double()
     scale = torch.full_like(span, 255.0) / span
     stretched = (levels * scale - lowest * scale).long().clamp(0, 255)
-    auto_contrast = torch.where(highest > lowest, stretched, levels)
-    # Equalize: PIL's cumulative-histogram table, with the top level's count left out.
-    step = (height * width - counts.gather(2, highest)) // 255
+    return _select(highest > lowest, stretched, levels).to(torch.uint8)
+
+
+def _equalize_curves(pixels: torch.Tensor, magnitude: float) -> torch.Tensor:
+    """PIL's table from each channel's cumulative histogram, the top level's count left out."""
+    batch, channels, plane = pixels.shape
+    levels = torch.arange(256, device=pixels.device)
+    index = pixels.long()
+    counts = torch.zeros(batch, channels, 256, dtype=torch.long, device=pixels.device)
+    counts.scatter_add_(2, index, torch.ones((), dtype=torch.long, device=pixels.device).expand_as(index))
+    step = (plane - counts.gather(2, index.amax(dim=2, keepdim=True))) // 255
     below = counts.cumsum(2) - counts
     equalized = ((step // 2 + below) // step.clamp_min(1)).clamp_max(255)
-    equalize = torch.where(step > 0, equalized, levels)
-    # Contrast: PIL blends toward the image's mean grey, rounded.
-    mean_grey = (_grayscale(images).double().mean(dim=(1, 2, 3)) + 0.5).floor()[:, None, None]
-    contrast = _blend(mean_grey, levels, randaugment_value("contrast", magnitude)).long()
+    return _select(step > 0, equalized, levels).to(torch.uint8)
 
-    def drew(op: str) -> torch.Tensor:
-        return (ops == RANDAUGMENT_OPS.index(op))[:, None, None]
 
-    curves = torch.where(drew("auto_contrast"), auto_contrast, torch.where(drew("equalize"), equalize, contrast))
-    return curves.to(torch.uint8)
+def _contrast_curves(pixels: torch.Tensor, magnitude: float) -> torch.Tensor:
+    """PIL's blend toward the image's mean grey, rounded."""
+    batch, channels, plane = pixels.shape
+    levels = torch.arange(256, device=pixels.device)
+    mean_grey = (2 * _grayscale(pixels).sum(dim=(1, 2)) + plane) // (2 * plane)
+    curves = _blend(mean_grey[:, None, None], levels, randaugment_value("contrast", magnitude))
+    return curves.to(torch.uint8).expand(batch, channels, 256)
+
+
+_IMAGE_CURVES: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "auto_contrast": _auto_contrast_curves,
+    "equalize": _equalize_curves,
+    "contrast": _contrast_curves,
+}
 
 
 def _geometry_and_cutout(
@@ -491,25 +525,27 @@ def _geometry_and_cutout(
     """Each output pixel reads one source pixel of its image. Rotate, ShearX/Y and
     TranslateX/Y are one affine map per image, sampled nearest-neighbour like PIL; rotation
     and shear act about the image centre (PIL shears about the corner: the same up to a
-    shift). Pixels with no source (shifted in from outside, or in a Cutout box) read an
-    extra pixel per image: black, or the Cutout grey."""
-    batch, channels, height, width = images.shape
+    shift). Pixels with no source (shifted in from outside, or in a Cutout box) read the
+    colour of their image's op: black, or the Cutout grey."""
+    batch, _, height, width = images.shape
     device = images.device
-    signed = tables.affine[ops] * draws[:, :1]
+    signed = tables.affine.index_select(0, ops) * (draws % 2 * 2 - 1)[:, None]
     angle, shear_x, shear_y, shift_x, shift_y = signed[:, :, None, None].unbind(1)
     cos, sin = angle.cos(), angle.sin()
     # Output pixel centres, relative to the image centre, mapped to source coordinates.
     xs = (torch.arange(width, device=device) + 0.5 - width / 2)[None, None, :]
     ys = (torch.arange(height, device=device) + 0.5 - height / 2)[None, :, None]
-    cols = (cos * xs + (shear_x - sin) * ys + (shift_x + width / 2)).floor().long()
-    rows = ((sin + shear_y) * xs + cos * ys + (shift_y + height / 2)).floor().long()
+    # int32 until the gather: int64 arithmetic is several times slower on CPU.
+    cols = (cos * xs + (shear_x - sin) * ys + (shift_x + width / 2)).floor().int()
+    rows = ((sin + shear_y) * xs + cos * ys + (shift_y + height / 2)).floor().int()
     inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    box_height, box_width = tables.cutout_box[ops].unbind(1)
-    box = _boxes(draws[:, 1:], box_height, box_width, height, width)[:, 0]
+    box_height, box_width = tables.cutout_box.index_select(0, ops).unbind(1)
+    box = _boxes(draws // 2, box_height, box_width, height, width)[:, 0]
     plane = height * width
-    sources = torch.where(inside & ~box, rows * width + cols, plane).reshape(batch, 1, plane)
-    planes = torch.cat((images.reshape(batch, channels, plane), tables.fill[ops][:, :, None]), dim=2)
-    return planes.gather(2, sources.expand(-1, channels, -1)).reshape(images.shape)
+    first = torch.arange(batch, dtype=torch.int32, device=device)[:, None, None] * plane
+    no_source = batch * plane + ops.int()[:, None, None]
+    sources = _select(inside & ~box, first + rows * width + cols, no_source)
+    return _read_pixels(images, sources.reshape(batch, plane).long(), tables.fill.T)
 
 
 def _colour_and_sharpness(
@@ -523,7 +559,7 @@ def _colour_and_sharpness(
     smoothed = values.clone()
     smoothed[..., 1:-1, 1:-1] = ((box + 4 * values[..., 1:-1, 1:-1]) / 13).round()
     color = (ops == RANDAUGMENT_OPS.index("color"))[:, None, None, None]
-    degenerate = torch.where(color, _grayscale(images).float(), smoothed)
+    degenerate = _select(color, _grayscale(images).float(), smoothed)
     return _blend(degenerate, values, randaugment_value("sharpness", magnitude)).to(torch.uint8)
 
 
@@ -532,6 +568,7 @@ _RANDAUGMENT_FAMILIES: tuple[tuple[tuple[str, ...], Callable[..., torch.Tensor]]
     (_SOURCE_OPS, _geometry_and_cutout),
     (_BLEND_OPS, _colour_and_sharpness),
 )
+
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, batch: AugmentedBatch) -> torch.Tensor:
     """Cross-entropy of each image against its (possibly mixed) soft target, shape (B,).

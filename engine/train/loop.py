@@ -199,6 +199,9 @@ def train(
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
     augmentation = create_augmentation(config.augmentation, config, flip=splits.flip)
+    # Scoring forwards rank candidates by their own label, so they see only crop/flip:
+    # under mixing a candidate's image would carry other samples' labels too.
+    scoring_augmentation = create_augmentation("standard", config, flip=splits.flip)
     sampler = create_sampler(config.sampler, num_train, plan, config.batch_size, generator, config)
     usage = torch.zeros(num_train, dtype=torch.long, device=device)
 
@@ -225,9 +228,8 @@ def train(
         with torch.no_grad():
             for piece in pieces:
                 images, piece_labels = gather(piece)
-                augmented = augmentation(images, generator)
-                logits.append(forward(normalise(augmented.images)).float())
-                labels.append(piece_labels[augmented.sources[0]])
+                logits.append(forward(normalise(scoring_augmentation(images, generator).images)).float())
+                labels.append(piece_labels)
         model.train(was_training)
         return torch.cat(logits), torch.cat(labels)
 
