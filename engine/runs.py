@@ -8,6 +8,7 @@ Imports the training engine (torch) only inside `execute_run`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """The package version, plus the git commit when running from a checkout."""
     source = Path(__file__).resolve().parent.parent

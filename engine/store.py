@@ -120,9 +120,11 @@ class Store:
     def add_runs(self, records: list[dict[str, Any]]) -> list[int]:
         """Insert many runs in one write; returns their ids (also stored as record['id'])."""
         with self.transaction() as table:
-            ids = table.insert_multiple(records)
-            for run_id in ids:
-                table.update({"id": run_id}, doc_ids=[run_id])
+            # Number the records first so each carries its id: one table rewrite, not one per run.
+            first = max((document.doc_id for document in table.all()), default=0) + 1
+            ids = list(range(first, first + len(records)))
+            table.insert_multiple(Document({**record, "id": run_id}, doc_id=run_id)
+                                  for run_id, record in zip(ids, records))
         return ids
 
     def update_run(self, run_id: int, **fields: Any) -> dict[str, Any]:
