@@ -82,13 +82,18 @@ def floor_epoch_times(config: RunConfig, splits: DatasetSplits) -> list[float]:
         inputs = ((images.float() - mean) / std).split(config.batch_size)
         labels = splits.train_labels[order].split(config.batch_size)
         start = time.perf_counter()
-        for x, y in zip(inputs, labels):
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        train_steps(model, optimizer, zip(inputs, labels))
         times.append(time.perf_counter() - start)
     return times
+
+
+def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches) -> None:
+    """Plain forward + backward + step over (inputs, labels) batches: both baselines' loop."""
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
 
 class PilDataset(torch.utils.data.Dataset):
@@ -129,11 +134,7 @@ def conventional_epoch_times(config: RunConfig, splits: DatasetSplits, workers: 
             dataset, batch_size=config.batch_size, sampler=torch.utils.data.SubsetRandomSampler(subset),
             drop_last=True, num_workers=workers,
         )
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        train_steps(model, optimizer, loader)
         times.append(time.perf_counter() - start)
     return times
 
