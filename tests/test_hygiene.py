@@ -68,3 +68,12 @@ def test_presets_ship_inside_the_wheel(tmp_path):
     shipped = {path.name for path in (ROOT / "presets").glob("*.toml")}
     assert shipped and {f"budget_tui_presets/{name}" for name in shipped} <= set(names)
     assert "engine/train/loop.py" in names and "tui_app/cli.py" in names
+
+
+@pytest.mark.parametrize(
+    "module", ["engine.train.importance", "engine.train.selection", "engine.train.samplers",
+               "engine.train.augment", "engine.train.loop", "engine.child", "engine.worker"]
+)
+def test_every_module_imports_first_in_a_fresh_process(module):
+    """Samplers register across modules; whichever a script imports first must work."""
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True, capture_output=True)

@@ -12,7 +12,7 @@ from engine.config import RunConfig
 from engine.train.augment import Credit
 from engine.train.budget import plan_budget
 from engine.train.data import load_dataset
-from engine.train.importance import sampling_probabilities
+from engine.train.samplers import sampling_probabilities
 from engine.train.loop import METRICS_NAME, train
 from engine.train.samplers import Batch, Sampler, Scorer, create_sampler
 

@@ -12,8 +12,7 @@ from engine.config import RunConfig
 from engine.train.budget import plan_budget
 from engine.train.data import load_dataset
 from engine.train.loop import CHECKPOINT_NAME, METRICS_NAME, train
-from engine.train.importance import sampling_probabilities
-from engine.train.samplers import SAMPLERS, Batch, Sampler, Scorer, create_sampler
+from engine.train.samplers import SAMPLERS, Batch, Sampler, Scorer, create_sampler, sampling_probabilities
 from engine.train.selection import (
     gradient_norm_scores,
     importance_draw,

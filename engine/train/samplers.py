@@ -102,6 +102,19 @@ class Sampler:
             yield Batch(order[step * size : (step + 1) * size])
 
 
+def sampling_probabilities(scores: torch.Tensor, smoothing: bool) -> torch.Tensor:
+    """P_i from non-negative scores: s_i / sum(s), or with smoothing 0.5 * s_i / sum(s) + 0.5 / N.
+
+    SPEC §3 words smoothing as "add mean(s) to every score, then normalise"; that is the
+    same distribution: (s_i + sum/N) / (sum + N * sum/N) = 0.5 * s_i / sum + 0.5 / N.
+    All-zero scores give the uniform distribution (decided on the device, no host sync).
+    """
+    uniform = 1.0 / scores.numel()
+    total = scores.sum()
+    shares = torch.where(total > 0, scores / total, uniform)
+    return 0.5 * shares + 0.5 * uniform if smoothing else shares
+
+
 SAMPLERS: dict[str, type[Sampler]] = {}
 
 

@@ -13,8 +13,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from engine.train.importance import sampling_probabilities
-from engine.train.samplers import Batch, Scorer, Sampler, register_sampler
+from engine.train.samplers import Batch, Scorer, Sampler, register_sampler, sampling_probabilities
 
 
 def loss_percentile(losses: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
