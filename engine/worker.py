@@ -200,6 +200,28 @@ def parse_gpus(text: str | None) -> list[Slot]:
     return [Slot(gpu) for gpu in gpus]
 
 
+def start_detached_worker(
+    home: Path,
+    *,
+    gpus: str | None = None,
+    once: bool = False,
+    auto_resume: bool = False,
+    data_root: Path | None = None,
+) -> tuple[int, Path]:
+    """Start `budget-tui worker` in a new session, so it outlives the terminal (SSH logout);
+    its output goes to <home>/worker.log. Returns (pid, log path)."""
+    command = [sys.executable, "-m", "tui_app.cli", "worker", "--home", str(home)]
+    command += ["--gpus", gpus] if gpus is not None else []
+    command += ["--once"] * once + ["--auto-resume"] * auto_resume
+    command += ["--data-root", str(data_root)] if data_root is not None else []
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "worker.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    return process.pid, log_path
+
+
 def stop_workers(home: Path, grace_s: float = STOP_GRACE_S + 5) -> list[int]:
     """SIGTERM every live worker of this home and wait for them to exit."""
     workers = live_workers(home)

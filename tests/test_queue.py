@@ -207,3 +207,22 @@ def test_worker_status_and_stop(tmp_path):
     assert "stopped 1 worker" in cli("worker", "stop", "--home", str(home)).stdout
     assert worker.wait(timeout=30) == 0
     assert cli("worker", "status", "--home", str(home)).stdout.strip() == "no worker running"
+
+
+def test_detached_worker_outlives_its_terminal_and_runs_the_queue(tmp_path):
+    """--detach returns at once; the worker sits in its own session (a closed SSH terminal's
+    SIGHUP does not reach it), logs to <home>/worker.log, executes runs and stops on request."""
+    home = tmp_path / "home"
+    launcher = subprocess.run([sys.executable, "-m", "tui_app.cli", "worker", "--detach", "--home", str(home)],
+                              capture_output=True, text=True, timeout=60)
+    assert launcher.returncode == 0, launcher.stderr
+    assert "started in the background" in launcher.stdout
+    workers = wait_for(lambda: json.loads(cli("worker", "status", "--home", str(home), "--json").stdout), 30,
+                       what="the detached worker to register")
+    pid = workers[0]["pid"]
+    assert os.getsid(pid) != os.getsid(0)
+    assert (home / "worker.log").exists()
+    run_id = queue.enqueue(store_of(home), "test", [QUICK])[0]
+    wait_for(lambda: store_of(home).get_run(run_id)["state"] == "done", 180, what="the run to finish")
+    assert "stopped 1 worker" in cli("worker", "stop", "--home", str(home)).stdout
+    wait_for(lambda: not queue.is_alive(workers[0]), 30, what="the worker to exit")

@@ -421,24 +421,13 @@ def worker(
     except BudgetTuiError as error:
         raise fail(error) from None
     if detach:
-        _detach(home_dir, gpus, once, auto_resume, data_root)
+        from engine.worker import start_detached_worker
+
+        pid, log = start_detached_worker(home_dir, gpus=gpus, once=once, auto_resume=auto_resume, data_root=data_root)
+        typer.echo(f"worker started in the background: pid {pid}, log {log}")
         return
     typer.echo(f"worker {os.getpid()} on {', '.join(slot.label() for slot in slots)}; home {home_dir}", err=True)
     Worker(home_dir, slots, LocalExecutor(home_dir, data_root), once=once, auto_resume=auto_resume).run()
-
-
-def _detach(home: Path, gpus: str | None, once: bool, auto_resume: bool, data_root: Path | None) -> None:
-    import subprocess
-
-    command = [sys.executable, "-m", "tui_app.cli", "worker", "--home", str(home)]
-    command += ["--gpus", gpus] if gpus is not None else []
-    command += ["--once"] * once + ["--auto-resume"] * auto_resume
-    command += ["--data-root", str(data_root)] if data_root is not None else []
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / "worker.log", "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
-    typer.echo(f"worker started in the background: pid {process.pid}, log {home / 'worker.log'}")
 
 
 @worker_app.command("status")
