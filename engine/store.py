@@ -143,6 +143,34 @@ class Store:
     def list_runs(self) -> list[dict[str, Any]]:
         return [_plain(record) for record in self._snapshot().all()]
 
+    def file_signature(self) -> tuple[int, int, int] | None:
+        """Changes whenever the file is rewritten (every write is a new inode via os.replace)."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+class HistoryCache:
+    """The run list for screens that refresh every second: parsed again only when the
+    history file was rewritten, so an idle refresh of 10,000 runs costs one stat call."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._signature: tuple[int, int, int] | None = None
+        self._runs: list[dict[str, Any]] = []
+
+    def runs(self) -> tuple[list[dict[str, Any]], bool]:
+        """(the runs, whether they changed since the last call)."""
+        signature = self.store.file_signature()
+        if signature is not None and signature == self._signature:
+            return self._runs, False
+        runs = self.store.list_runs()
+        # stat before the read: a write between the two makes the next call read again
+        self._signature, self._runs = signature, runs
+        return runs, True
+
 
 def _plain(document: Document | None) -> dict[str, Any]:
     record = dict(document or {})

@@ -94,3 +94,18 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
     assert sorted((run["worker"], run["index"]) for run in runs) == [(w, i) for w in range(4) for i in range(25)]
     assert sorted(run["id"] for run in runs) == list(range(1, 101))
     assert all(run["state"] == "done" for run in runs)
+
+
+def test_history_cache_rereads_only_after_a_write(tmp_path):
+    from engine.store import HistoryCache
+
+    store = Store(tmp_path / "history.json")
+    cache = HistoryCache(store)
+    assert cache.runs() == ([], True)
+    store.add_runs([{"state": "queued"}])
+    runs, changed = cache.runs()
+    assert changed and [run["state"] for run in runs] == ["queued"]
+    assert cache.runs()[1] is False  # nothing written: no re-read
+    store.update_run(runs[0]["id"], state="running")
+    runs, changed = cache.runs()
+    assert changed and runs[0]["state"] == "running"
