@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy
 import timm
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from engine.train.samplers import Scorer, create_sampler
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
-USAGE_NAME = "usage.pt"
+USAGE_NAME = "usage.npy"  # numpy, so the analysis reads it without torch
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the run fails instead of reporting garbage."""
@@ -367,7 +368,7 @@ def train(
 
     accounting.time_total_s += time.perf_counter() - wall_start
     summary = summarise(config, plan, accounting, history, flops_forward, device)
-    torch.save(usage.cpu(), run_dir / USAGE_NAME)
+    _save_usage(usage, run_dir / USAGE_NAME)
     _atomic_write_text(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
     emit({"event": "done", "summary": summary})
     return summary
@@ -431,6 +432,8 @@ def summarise(
         "plan": plan.to_dict(),
         "device": str(device),
         "fidelity": config.fidelity,
+        "distinct_seen": last["distinct_seen"],
+        "usage_entropy": last["usage_entropy"],  # H(c) of the per-sample usage counts
     }
     if "val_acc" in last:
         best_val = max(history, key=lambda record: record["val_acc"])
@@ -462,6 +465,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def _atomic_write_text(path: Path, text: str) -> None:
     temporary = path.with_suffix(path.suffix + ".tmp")
     temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _save_usage(usage: torch.Tensor, path: Path) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        numpy.save(handle, usage.cpu().numpy().astype("int64"))
     os.replace(temporary, path)
 
 
