@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -452,6 +453,61 @@ def worker_stop(home: HomeOption = None) -> None:
 
     stopped = stop_workers(resolve_home(home))
     typer.echo(f"stopped {len(stopped)} worker(s)" if stopped else "no worker running")
+
+
+# --- compare
+@app.command("compare")
+def compare(
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Only runs queued from this preset.")] = None,
+    where: Annotated[list[str], typer.Option("--where", help="Filter: key=value on config or state.")] = [],
+    rows: Annotated[str, typer.Option("--rows", help="Config fields down the side, comma-separated.")] = "sampler",
+    cols: Annotated[str, typer.Option("--cols", help="Config fields across the top, comma-separated.")] = "augmentation,budget",
+    metric: Annotated[str, typer.Option("--metric", help="Cell value: final_test_acc, best_test_acc, "
+                                         "time_total_s, images_per_s, flops_train, usage_entropy, ...")] = "final_test_acc",
+    baseline: Annotated[Optional[str], typer.Option(
+        "--baseline", help="Delta against this cell, k=v,k=v (default sampler=unif-sgd,augmentation=standard).")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table, csv, md, latex or json.")] = "table",
+    chart: Annotated[Optional[str], typer.Option(
+        "--chart", help="Also draw: budget, frontier, frontier-time, curves, curves-forwarded or usage.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the chart to a .png or .svg file.")] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Pivot of the history: mean +- std over seeds, deltas against a baseline, Welch's t-test."""
+    from engine import compare as analysis
+    from engine.config import convert_value, parse_assignments
+    from engine.history import filter_runs, parse_filters
+    from engine.store import Store
+
+    output_format = "json" if as_json else output_format
+    try:
+        if output_format not in analysis.FORMATS:
+            raise BadInput(f"unknown --format {output_format!r}; choose one of: {', '.join(analysis.FORMATS)}")
+        if plot is not None and plot.suffix.lower() not in (".png", ".svg"):
+            raise BadInput(f"--plot writes .png or .svg files, got {plot.name!r}")
+        filters = parse_filters([*where, *([f"preset={preset}"] if preset else [])])
+        baseline_cell = ({key: convert_value(key, value) for key, value in parse_assignments(baseline.split(",")).items()}
+                         if baseline else None)
+        runs = filter_runs(Store(history_path(resolve_home(home))).list_runs(), filters)
+        pivot = analysis.build_pivot(runs, rows=_names(rows), cols=_names(cols), metric=metric,
+                                     baseline=baseline_cell)
+        figure = analysis.build_chart(chart or "budget", runs, metric) if (chart or plot) else None
+    except BudgetTuiError as error:
+        raise fail(error) from None
+    typer.echo(analysis.render(pivot, output_format), nl=False)
+    if figure is not None and plot is not None:
+        from engine.plots import write_figure
+
+        typer.echo(f"wrote {write_figure(figure, plot)}", err=True)
+    elif figure is not None and output_format == "table":
+        from engine.plots import render_text
+
+        width = min(shutil.get_terminal_size((100, 30)).columns, 120)
+        typer.echo("\n" + render_text(figure, width=width, height=max(12, width // 4)))
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def main() -> None:

@@ -1,0 +1,227 @@
+"""Compare: aggregation against hand-computed numbers, grouping, exports, charts, the CLI."""
+
+import csv
+import io
+import json
+import math
+import re
+
+import numpy
+import pytest
+from scipy import special, stats
+from typer.testing import CliRunner
+
+from engine import compare
+from engine.config import RunConfig
+from engine.errors import BadInput, NotFound
+from engine.runs import new_record
+from engine.store import Store
+from tui_app.cli import app
+
+runner = CliRunner()
+
+# final test accuracy per (sampler, budget): one value per seed
+ACCURACIES = {
+    ("unif-sgd", 0.3): [0.90, 0.92, 0.94],
+    ("p-sgd", 0.3): [0.80, 0.82, 0.81],
+    ("unif-sgd", 1.0): [0.95, 0.96, 0.97],
+    ("p-sgd", 1.0): [0.95, 0.97, 0.96],
+}
+
+
+def make_run(run_id, sampler, budget, seed, accuracy, state="done", run_dir=None, **config):
+    record = new_record(RunConfig(sampler=sampler, budget=budget, seed=seed, **config), "study", state=state)
+    record["id"] = run_id
+    record["run_dir"] = str(run_dir) if run_dir else None
+    record["summary"] = {"final_test_acc": accuracy, "flops_train": 1e9 * budget * (2 if sampler == "p-sgd" else 1),
+                         "time_total_s": 10 * budget} if state == "done" else None
+    return record
+
+
+def fixture_runs():
+    runs = []
+    for (sampler, budget), values in ACCURACIES.items():
+        for seed, accuracy in enumerate(values):
+            runs.append(make_run(len(runs) + 1, sampler, budget, seed, accuracy))
+    runs.append(make_run(len(runs) + 1, "p-sgd", 0.3, 9, None, state="failed"))  # never counted
+    return runs
+
+
+def test_cells_equal_hand_computed_means_stds_n_and_deltas():
+    pivot = compare.build_pivot(fixture_runs(), rows=["sampler"], cols=["budget"])
+    assert pivot.row_keys == [("unif-sgd",), ("p-sgd",)]  # registry order, not alphabetical
+    assert pivot.col_keys == [(0.3,), (1.0,)]
+    uniform = pivot.cell(("unif-sgd",), (0.3,))
+    assert uniform.n == 3 and uniform.mean == pytest.approx(92.0) and uniform.std == pytest.approx(2.0)
+    assert uniform.is_baseline and uniform.delta is None
+    importance = pivot.cell(("p-sgd",), (0.3,))
+    assert importance.mean == pytest.approx(81.0) and importance.std == pytest.approx(1.0)
+    assert importance.delta == pytest.approx(-11.0)
+    # Welch by hand: se^2 = 4/3 + 1/3, t = -11 / sqrt(5/3), df = (5/3)^2 / ((4/3)^2/2 + (1/3)^2/2)
+    t = -11.0 / math.sqrt(5 / 3)
+    freedom = (5 / 3) ** 2 / ((4 / 3) ** 2 / 2 + (1 / 3) ** 2 / 2)
+    assert importance.p_value == pytest.approx(2 * stats.t.sf(abs(t), freedom), rel=1e-9)
+    assert importance.p_value == pytest.approx(
+        stats.ttest_ind([90, 92, 94], [80, 82, 81], equal_var=False).pvalue, rel=1e-9)
+    assert importance.significant
+    # against the 100%-budget uniform reference: 81 - 96
+    assert importance.delta_reference == pytest.approx(-15.0)
+    full = pivot.cell(("p-sgd",), (1.0,))
+    assert full.delta == pytest.approx(0.0) and full.p_value == pytest.approx(1.0) and not full.significant
+    assert pivot.cell_text(("p-sgd",), (0.3,)) == "81.00±1.00 -11.00*"
+    assert pivot.cell_text(("unif-sgd",), (0.3,)) == "92.00±2.00 base"
+    assert pivot.cell_text(("p-sgd",), (1.0,)) == "96.00±1.00 +0.00"
+
+
+def test_welch_is_not_tested_with_one_seed_or_zero_variance():
+    assert compare.welch_t_test([1.0], [1.0, 2.0]) is None
+    assert compare.welch_t_test([1.0, 1.0], [2.0, 2.0]) is None
+    runs = [make_run(1, "unif-sgd", 0.3, 0, 0.9), make_run(2, "p-sgd", 0.3, 0, 0.8)]
+    pivot = compare.build_pivot(runs, cols=["budget"])
+    cell = pivot.cell(("p-sgd",), (0.3,))
+    assert cell.std is None and cell.p_value is None and not cell.significant
+    assert pivot.cell_text(("p-sgd",), (0.3,)) == "80.00 -10.00"
+
+
+@pytest.mark.parametrize("a,b", [(0.5, 0.5), (1.5, 0.5), (2.0, 3.0), (30.0, 0.5), (0.7, 12.0)])
+def test_incomplete_beta_matches_scipy(a, b):
+    for x in numpy.linspace(0.001, 0.999, 37):
+        assert compare.regularized_incomplete_beta(a, b, float(x)) == pytest.approx(
+            special.betainc(a, b, x), rel=1e-9, abs=1e-13)
+
+
+def test_grouping_ignores_seed_and_execution_but_splits_on_any_other_field():
+    runs = [
+        make_run(1, "unif-sgd", 0.3, 0, 0.90, threads=1),
+        make_run(2, "unif-sgd", 0.3, 1, 0.92, threads=2),  # same experiment, other thread count
+        make_run(3, "unif-sgd", 0.3, 0, 0.70, lr=0.5),
+        make_run(4, "unif-sgd", 0.3, 1, 0.72, lr=0.5),
+    ]
+    pivot = compare.build_pivot(runs, rows=["sampler"], cols=["budget"])
+    assert pivot.added_fields == ["lr"]
+    assert pivot.row_fields == ["sampler", "lr"]
+    assert pivot.cell(("unif-sgd", 0.1), (0.3,)).run_ids == [1, 2]
+    assert pivot.cell(("unif-sgd", 0.5), (0.3,)).run_ids == [3, 4]
+    assert any("differ" in note and "lr" in note for note in pivot.notes)
+    # the baseline is matched with the other fields equal: each lr is its own baseline
+    assert pivot.cell(("unif-sgd", 0.5), (0.3,)).is_baseline
+
+
+def test_bad_requests_are_bad_input_and_nothing_is_not_found():
+    with pytest.raises(BadInput, match="unknown metric"):
+        compare.build_pivot(fixture_runs(), metric="accuracy")
+    with pytest.raises(BadInput, match="unknown field"):
+        compare.build_pivot(fixture_runs(), rows=["sampelr"])
+    with pytest.raises(BadInput, match="both a row and a column"):
+        compare.build_pivot(fixture_runs(), rows=["budget"], cols=["budget"])
+    with pytest.raises(NotFound):
+        compare.build_pivot([run for run in fixture_runs() if run["state"] != "done"])
+    with pytest.raises(BadInput, match="unknown format"):
+        compare.render(compare.build_pivot(fixture_runs()), "xlsx")
+
+
+def _numbers(text):
+    return [float(value) for value in re.findall(r"[-+]?\d+\.\d+", text)]
+
+
+def test_every_format_carries_the_same_numbers():
+    pivot = compare.build_pivot(fixture_runs(), rows=["sampler"], cols=["budget"])
+    cells = json.loads(compare.render(pivot, "json"))["cells"]
+    parsed_csv = list(csv.DictReader(io.StringIO(compare.render(pivot, "csv"))))
+    assert len(parsed_csv) == len(cells) == 4
+    for from_json, from_csv in zip(cells, parsed_csv):
+        assert (from_csv["sampler"], float(from_csv["budget"])) == (from_json["sampler"], from_json["budget"])
+        assert int(from_csv["n"]) == from_json["n"]
+        for key in ("mean", "std", "delta_reference"):
+            assert (float(from_csv[key]) if from_csv[key] else None) == from_json[key]
+        assert [int(i) for i in from_csv["run_ids"].split()] == from_json["run_ids"]
+        cell = pivot.cell((from_json["sampler"],), (from_json["budget"],))
+        assert from_json["mean"] == cell.mean and from_json["p_value"] == cell.p_value
+    markdown_rows = [line for line in compare.render(pivot, "md").splitlines() if line.startswith("| p-sgd")]
+    assert _numbers(markdown_rows[0]) == [81.0, 1.0, -11.0, 96.0, 1.0, 0.0]
+    latex = compare.render(pivot, "latex")
+    assert r"\begin{tabular}{lrr}" in latex and r"\toprule" in latex and r"unif-sgd" in latex
+    latex_row = next(line for line in latex.splitlines() if line.startswith("p-sgd"))
+    assert r"$81.00 \pm 1.00$ (\textbf{-11.00})" in latex_row  # significant: bold
+    assert _numbers(latex_row) == [81.0, 1.0, -11.0, 96.0, 1.0, 0.0]
+    table = compare.render(pivot, "table")
+    assert "81.00±1.00 -11.00*" in table and "-15.00*" in table and "Welch" in table
+
+
+def test_budget_and_frontier_charts_hold_the_means_and_the_cost():
+    runs = fixture_runs()
+    chart = compare.budget_chart(runs)
+    by_label = {series.label: series for series in chart.series}
+    assert set(by_label) == {"unif-sgd", "p-sgd"}
+    assert by_label["p-sgd"].x == [0.3, 1.0]
+    assert by_label["p-sgd"].y == pytest.approx([81.0, 96.0])
+    assert by_label["p-sgd"].yerr == pytest.approx([1.0, 1.0])
+    frontier = compare.frontier_chart(runs, cost="flops_train")
+    points = {series.label: series for series in frontier.series}
+    assert points["p-sgd"].x == pytest.approx([0.6e9, 2e9])  # the extra scoring cost moves it right
+    assert points["unif-sgd"].x == pytest.approx([0.3e9, 1e9])
+    assert frontier.x_log and frontier.kind == "scatter"
+
+
+def test_learning_curves_and_usage_read_the_run_folders(tmp_path):
+    runs = []
+    for seed, offset in enumerate([0.0, 0.02]):
+        folder = tmp_path / f"run{seed}"
+        folder.mkdir()
+        rows = [{"epoch": epoch, "step": 10 * epoch, "samples_forwarded": 640 * epoch,
+                 "test_acc": 0.5 + 0.1 * epoch + offset} for epoch in (1, 2, 3)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        numpy.save(folder / "usage.npy", numpy.array([0, 1, 1, 2, 2, 2, 3, 3], dtype=numpy.int64))
+        runs.append(make_run(seed + 1, "unif-sgd", 0.3, seed, 0.8, run_dir=folder))
+    curves = compare.learning_curve_chart(runs, x="samples_forwarded")
+    (series,) = curves.series
+    assert series.x == [640, 1280, 1920]
+    assert series.y == pytest.approx([61.0, 71.0, 81.0])
+    usage = compare.usage_chart(runs, bins=4)
+    (bars,) = usage.series
+    assert sum(bars.y) == pytest.approx(100.0)
+    assert bars.y == pytest.approx([12.5, 25.0, 37.5, 25.0])  # counts 0 | 1,1 | 2,2,2 | 3,3
+
+
+# --- the command
+def _home_with_fixture(tmp_path):
+    home = tmp_path / "home"
+    records = fixture_runs()
+    for record in records:
+        record.pop("id")
+    Store(home / "history.json").add_runs(records)
+    return home
+
+
+def test_cli_compare_json_table_and_exit_codes(tmp_path):
+    home = _home_with_fixture(tmp_path)
+    result = runner.invoke(app, ["compare", "--home", str(home), "--cols", "budget", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["test"].startswith("Welch") and data["rows"] == ["sampler"]
+    assert {(cell["sampler"], cell["budget"]): round(cell["mean"], 9) for cell in data["cells"]} == {
+        ("unif-sgd", 0.3): 92.0, ("p-sgd", 0.3): 81.0, ("unif-sgd", 1.0): 96.0, ("p-sgd", 1.0): 96.0}
+    table = runner.invoke(app, ["compare", "--home", str(home), "--cols", "budget", "--where", "budget=0.3"])
+    assert table.exit_code == 0 and "81.00±1.00 -11.00*" in table.stdout
+    baseline = runner.invoke(app, ["compare", "--home", str(home), "--cols", "budget", "--json",
+                                   "--baseline", "sampler=p-sgd"])
+    cells = json.loads(baseline.stdout)["cells"]
+    assert next(c for c in cells if c["sampler"] == "unif-sgd" and c["budget"] == 0.3)["delta"] == pytest.approx(11.0)
+    for args, code in [(["--metric", "acc"], 2), (["--format", "xls"], 2), (["--rows", "nope"], 2),
+                       (["--baseline", "sampler"], 2), (["--where", "dataset=cifar10"], 3)]:
+        result = runner.invoke(app, ["compare", "--home", str(home), *args])
+        assert result.exit_code == code, (args, result.output)
+
+
+def test_cli_compare_writes_png_and_svg_and_refuses_other_files(tmp_path):
+    home = _home_with_fixture(tmp_path)
+    png, svg = tmp_path / "out" / "budget.png", tmp_path / "frontier.svg"
+    assert runner.invoke(app, ["compare", "--home", str(home), "--plot", str(png)]).exit_code == 0
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert runner.invoke(app, ["compare", "--home", str(home), "--chart", "frontier", "--plot", str(svg)]).exit_code == 0
+    assert "<svg" in svg.read_text()
+    gif = tmp_path / "x.gif"
+    result = runner.invoke(app, ["compare", "--home", str(home), "--plot", str(gif)])
+    assert result.exit_code == 2 and not gif.exists()
+    terminal = runner.invoke(app, ["compare", "--home", str(home), "--chart", "budget"])
+    assert terminal.exit_code == 0 and "against budget" in terminal.stdout
