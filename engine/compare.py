@@ -582,8 +582,9 @@ def usage_chart(records: Iterable[dict[str, Any]], bins: int = 12) -> Chart:
         return Chart(title="usage counts", x_label="times a sample was used", y_label="share of samples (%)",
                      series=[], kind="bar")
     top = max(int(array.max()) for arrays in loaded.values() for array in arrays)
-    edges = numpy.linspace(0, top + 1, bins + 1)
-    centres = ((edges[:-1] + edges[1:]) / 2).tolist()
+    width = max(1, math.ceil((top + 1) / bins))  # whole counts per bin: a count never straddles two
+    edges = numpy.arange(0, top + 1 + width, width)
+    centres = (edges[:-1] + (width - 1) / 2).tolist()
     series = []
     for values, arrays in loaded.items():
         shares = [numpy.histogram(array, bins=edges)[0] / len(array) * 100 for array in arrays]
