@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.config import convert_value, field_types
 from engine.errors import BadInput
+from engine.paths import METRICS_NAME
 
 RECORD_FILTER_KEYS = ("state", "preset")
 
@@ -51,7 +52,7 @@ def load_metrics(record: dict[str, Any]) -> list[dict[str, Any]]:
     folder = record.get("run_dir")
     if not folder:
         return []
-    path = Path(folder) / "metrics.jsonl"
+    path = Path(folder) / METRICS_NAME
     if not path.exists():
         return []
     rows = []

@@ -17,6 +17,7 @@ from typing import Any
 
 from engine.config import RunConfig
 from engine.errors import BadInput, NotFound
+from engine.paths import RESULT_NAMES
 from engine.runs import new_record, now
 from engine.store import Store
 
@@ -85,8 +86,10 @@ def cancel(store: Store, run_ids: list[int], grace_s: float = CANCEL_GRACE_S) ->
     return outcome
 
 
-def retry(store: Store, run_ids: list[int]) -> dict[int, str]:
-    """Queue failed, cancelled or interrupted runs again; they resume from their checkpoint."""
+def retry(store: Store, run_ids: list[int], *, fresh: bool = False) -> dict[int, str]:
+    """Queue failed, cancelled or interrupted runs again. They resume from their last
+    checkpoint; with `fresh` their results so far are deleted and they start over (for a
+    failure that the checkpoint would repeat, such as a diverged loss)."""
     outcome: dict[int, str] = {}
     with store.transaction() as table:
         for run_id in run_ids:
@@ -94,7 +97,11 @@ def retry(store: Store, run_ids: list[int]) -> dict[int, str]:
             if record is None:
                 raise NotFound(f"no run with id {run_id} in {store.path}")
             if record.get("state") in RETRYABLE:
+                if fresh and record.get("run_dir"):
+                    for name in RESULT_NAMES:
+                        (Path(record["run_dir"]) / name).unlink(missing_ok=True)
                 table.update({"state": QUEUED, "finished_at": None, "outcome": None, "process": None,
+                              "progress": {}, "summary": None,
                               "attempts": int(record.get("attempts", 1)) + 1}, doc_ids=[run_id])
                 outcome[run_id] = QUEUED
             else:

@@ -20,12 +20,10 @@ from typing import Any, Callable
 
 from engine import __version__
 from engine.config import RunConfig
-from engine.paths import run_dir
+from engine.paths import PROGRESS_NAME, TRACEBACK_NAME, run_dir
 from engine.store import Store
 
 PROGRESS_MIN_INTERVAL_S = 1.0  # progress.json rewrites per run, at most this often
-PROGRESS_NAME = "progress.json"
-TRACEBACK_NAME = "traceback.txt"
 CONFIG_NAME = "config.json"
 
 

@@ -20,11 +20,10 @@ from typing import Any, Protocol
 
 from engine import queue
 from engine.errors import BadInput
-from engine.paths import history_path, run_dir
+from engine.paths import LOG_NAME, history_path, run_dir
 from engine.runs import now, write_json_atomic
 from engine.store import Store
 
-LOG_NAME = "log.txt"
 WORKERS_DIR = "workers"
 STOP_GRACE_S = 10.0
 

@@ -226,3 +226,26 @@ def test_detached_worker_outlives_its_terminal_and_runs_the_queue(tmp_path):
     wait_for(lambda: store_of(home).get_run(run_id)["state"] == "done", 180, what="the run to finish")
     assert "stopped 1 worker" in cli("worker", "stop", "--home", str(home)).stdout
     wait_for(lambda: not queue.is_alive(workers[0]), 30, what="the worker to exit")
+
+
+def test_retry_resumes_by_default_and_fresh_starts_over(tmp_path):
+    from engine.paths import CHECKPOINT_NAME, LOG_NAME, METRICS_NAME, RESULT_NAMES
+
+    store = store_of(tmp_path)
+    first, second = queue.enqueue(store, "test", [QUICK, QUICK.replace(seed=1)])
+    for run_id in (first, second):
+        folder = tmp_path / str(run_id)
+        folder.mkdir()
+        for name in (*RESULT_NAMES, LOG_NAME):
+            (folder / name).write_text("x")
+        store.update_run(run_id, state="failed", run_dir=str(folder), outcome={"exit_code": 1, "message": "boom"})
+    result = cli("queue", "retry", str(first), "--home", str(tmp_path), "--json")
+    assert json.loads(result.stdout) == {str(first): "queued"}
+    assert (tmp_path / str(first) / CHECKPOINT_NAME).exists()  # resumes from here
+    result = cli("queue", "retry", str(second), "--fresh", "--home", str(tmp_path), "--json")
+    assert json.loads(result.stdout) == {str(second): "queued"}
+    assert not any((tmp_path / str(second) / name).exists() for name in RESULT_NAMES)
+    assert (tmp_path / str(second) / LOG_NAME).exists()  # the log of the failed attempt stays
+    record = store.get_run(second)
+    assert record["state"] == "queued" and record["outcome"] is None and record["attempts"] == 2
+    assert not (tmp_path / str(second) / METRICS_NAME).exists()

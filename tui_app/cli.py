@@ -359,12 +359,17 @@ def queue_cancel(run_ids: RunIds, home: HomeOption = None, as_json: JsonOption =
 
 
 @queue_app.command("retry")
-def queue_retry(run_ids: RunIds, home: HomeOption = None, as_json: JsonOption = False) -> None:
+def queue_retry(
+    run_ids: RunIds,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the results so far and start over.")] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Queue failed, cancelled or interrupted runs again; they resume from their last checkpoint."""
     from engine.queue import retry
 
     try:
-        _report(retry(_store(home), run_ids), as_json)
+        _report(retry(_store(home), run_ids, fresh=fresh), as_json)
     except BudgetTuiError as error:
         raise fail(error) from None
 

@@ -21,16 +21,13 @@ import torch.nn.functional as F
 
 from engine.config import RunConfig
 from engine.errors import BadInput
+from engine.paths import CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, USAGE_NAME
 from engine.train.augment import create_augmentation, per_sample_loss, score_credit
 from engine.train.budget import BudgetPlan, learning_rate, plan_budget
 from engine.train.data import DatasetSplits, load_dataset, split_validation
 from engine.train.models import REGISTERED_MODELS, build_model, forward_flops_per_sample
 from engine.train.samplers import Scorer, create_sampler
 
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.jsonl"
-SUMMARY_NAME = "summary.json"
-USAGE_NAME = "usage.npy"  # numpy, so the analysis reads it without torch
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the run fails instead of reporting garbage."""
