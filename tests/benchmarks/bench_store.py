@@ -2,7 +2,8 @@
 
 Per size, median of several repeats, in seconds:
   history ls --json   the whole CLI command in a fresh process (start-up included)
-  refresh read        Store.list_runs(), what a TUI refresh does
+  refresh read        Store.list_runs(): a full re-read, what a refresh does after a write
+  idle refresh        HistoryCache.runs() when nothing was written: the TUI's usual tick
   enqueue 100         one 100-run grid enqueued (one store write)
   state update        one run's state changed (a store transaction)
   progress update     one progress.json write, how running runs report progress
@@ -24,7 +25,7 @@ from typing import Callable
 from engine import queue
 from engine.config import RunConfig
 from engine.runs import ProgressWriter, new_record
-from engine.store import Store
+from engine.store import HistoryCache, Store
 
 SUMMARY = {
     "final_test_acc": 0.9472, "final_test_loss": 0.21, "best_test_acc": 0.95, "best_test_epoch": 14,
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     arguments = parser.parse_args()
     grid = [RunConfig(seed=seed) for seed in range(100)]
-    print(f"{'runs':>6} {'file MB':>8} {'ls --json':>10} {'refresh':>9} {'enqueue100':>11} "
+    print(f"{'runs':>6} {'file MB':>8} {'ls --json':>10} {'refresh':>9} {'idle ref.':>10} {'enqueue100':>11} "
           f"{'state upd':>10} {'progress':>9}")
     for size in (int(value) for value in arguments.sizes.split(",")):
         with tempfile.TemporaryDirectory() as name:
@@ -75,6 +76,9 @@ def main() -> None:
             command = [sys.executable, "-m", "tui_app.cli", "history", "ls", "--json", "--home", str(folder)]
             listing = median_time(lambda: subprocess.run(command, check=True, capture_output=True), arguments.repeats)
             refresh = median_time(store.list_runs, arguments.repeats)
+            cache = HistoryCache(store)
+            cache.runs()
+            idle = median_time(cache.runs, arguments.repeats)
             enqueue = median_time(lambda: queue.enqueue(store, "bench", grid), arguments.repeats)
             state = median_time(lambda: store.update_run(1, state="done"), arguments.repeats)
             writer = ProgressWriter(folder / "progress.json")
@@ -82,7 +86,7 @@ def main() -> None:
             event = {"event": "epoch", "epoch": 1, "step": 100, "test_acc": 0.5, "train_loss": 1.0,
                      "images_per_s": 1000.0}
             progress = median_time(lambda: writer.update(event), arguments.repeats)
-            print(f"{size:>6} {megabytes:>8.2f} {listing:>10.3f} {refresh:>9.3f} {enqueue:>11.3f} "
+            print(f"{size:>6} {megabytes:>8.2f} {listing:>10.3f} {refresh:>9.3f} {idle:>10.5f} {enqueue:>11.3f} "
                   f"{state:>10.3f} {progress:>9.4f}")
 
 
