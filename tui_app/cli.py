@@ -22,7 +22,6 @@ from engine.paths import DATA_ENV, HOME_ENV, history_path, resolve_data_root, re
 app = typer.Typer(
     name="budget-tui",
     help="Budgeted-training experiment manager: presets, runs, history.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -44,14 +43,18 @@ DataRootOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 
-@app.callback()
-def main_options(home: HomeOption = None, data_root: DataRootOption = None) -> None:
-    """Budgeted-training experiment manager: presets, runs, history."""
+@app.callback(invoke_without_command=True)
+def main_options(context: typer.Context, home: HomeOption = None, data_root: DataRootOption = None) -> None:
+    """Budgeted-training experiment manager: presets, runs, history. Without a command: the terminal UI."""
     # Given before the command, --home/--data-root apply to it and to any child process.
     if home is not None:
         os.environ[HOME_ENV] = str(home.expanduser().resolve())
     if data_root is not None:
         os.environ[DATA_ENV] = str(data_root.expanduser().resolve())
+    if context.invoked_subcommand is None:
+        from tui_app.app import run_tui  # textual is imported only when the UI opens
+
+        run_tui(resolve_home(home), data_root.expanduser().resolve() if data_root is not None else None)
 
 
 def fail(error: BudgetTuiError) -> typer.Exit:
