@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     arguments = parser.parse_args()
     grid = [RunConfig(seed=seed) for seed in range(100)]
-    print(f"{'runs':>6} {'file MB':>8} {'ls --json':>10} {'refresh':>9} {'idle ref.':>10} {'enqueue100':>11} "
+    print(f"{'runs':>6} {'file MB':>8} {'ls --json':>10} {'refresh':>9} {'idle ref. µs':>13} {'enqueue100':>11} "
           f"{'state upd':>10} {'progress':>9}")
     for size in (int(value) for value in arguments.sizes.split(",")):
         with tempfile.TemporaryDirectory() as name:
@@ -86,7 +86,7 @@ def main() -> None:
             event = {"event": "epoch", "epoch": 1, "step": 100, "test_acc": 0.5, "train_loss": 1.0,
                      "images_per_s": 1000.0}
             progress = median_time(lambda: writer.update(event), arguments.repeats)
-            print(f"{size:>6} {megabytes:>8.2f} {listing:>10.3f} {refresh:>9.3f} {idle:>10.5f} {enqueue:>11.3f} "
+            print(f"{size:>6} {megabytes:>8.2f} {listing:>10.3f} {refresh:>9.3f} {idle * 1e6:>13.1f} {enqueue:>11.3f} "
                   f"{state:>10.3f} {progress:>9.4f}")
 
 
