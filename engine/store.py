@@ -163,15 +163,16 @@ class HistoryCache:
         self.store = store
         self._signature: tuple[int, int, int] | None = None
         self._runs: list[dict[str, Any]] = []
+        self._read_once = False
 
     def runs(self) -> tuple[list[dict[str, Any]], bool]:
         """(the runs, whether they changed since the last call)."""
         signature = self.store.file_signature()
-        if signature is not None and signature == self._signature:
-            return self._runs, False
+        if self._read_once and signature == self._signature:
+            return self._runs, False  # a missing file stays empty until it is written
         runs = self.store.list_runs()
         # stat before the read: a write between the two makes the next call read again
-        self._signature, self._runs = signature, runs
+        self._signature, self._runs, self._read_once = signature, runs, True
         return runs, True
 
 

@@ -68,6 +68,9 @@ def test_presets_ship_inside_the_wheel(tmp_path):
     shipped = {path.name for path in (ROOT / "presets").glob("*.toml")}
     assert shipped and {f"budget_tui_presets/{name}" for name in shipped} <= set(names)
     assert "engine/train/loop.py" in names and "tui_app/cli.py" in names
+    styles = {f"tui_app/{path.name}" for path in (ROOT / "tui_app").glob("*.tcss")}
+    assert styles and styles <= set(names)  # the TUI's styles ship with it
+    assert "tui_app/screens/queue.py" in names and "tui_app/widgets/run_table.py" in names
 
 
 @pytest.mark.parametrize(

@@ -102,6 +102,7 @@ def test_history_cache_rereads_only_after_a_write(tmp_path):
     store = Store(tmp_path / "history.json")
     cache = HistoryCache(store)
     assert cache.runs() == ([], True)
+    assert cache.runs() == ([], False)  # still no file: nothing changed
     store.add_runs([{"state": "queued"}])
     runs, changed = cache.runs()
     assert changed and [run["state"] for run in runs] == ["queued"]

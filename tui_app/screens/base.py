@@ -1,0 +1,122 @@
+"""What the main screens share: the frame (header with the worker's state, the screen bar,
+the footer), the latest view of the history that the app hands down, and the one route
+from a failed background job to a notification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from textual.app import ComposeResult
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, Header
+from textual.worker import Worker, WorkerState
+
+from engine import queue
+from tui_app.widgets.screen_bar import ScreenBar
+
+if TYPE_CHECKING:
+    from tui_app.app import BudgetTuiApp
+
+EMPTY_HINT = "no runs yet — pick a preset (1) and press enter"
+
+
+@dataclass(eq=False)
+class Snapshot:
+    """The history as last read. Compared by identity: a new read is a new snapshot."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    version: int = 0  # grows whenever the history file was read again (it had changed)
+    progress: dict[int, dict[str, Any]] = field(default_factory=dict)  # run id -> progress.json
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None  # the history could not be read; screens show this instead
+    loaded: bool = False  # False until the first read finished
+
+    def hint(self, empty: str = EMPTY_HINT) -> str:
+        """What an empty table says: the read error, "loading", or how to start."""
+        if self.error:
+            return self.error
+        return empty if self.loaded else "loading the history…"
+
+    def run(self, run_id: int) -> dict[str, Any] | None:
+        return next((record for record in self.runs if record.get("id") == run_id), None)
+
+
+class LatestOnly:
+    """Keeps one background job in flight: asks made while it runs collapse into a single
+    run after it, so a burst of updates costs two runs and the latest state wins."""
+
+    def __init__(self, start: Callable[[], Worker | None]) -> None:
+        """`start` starts the job and returns its worker (None: nothing to do)."""
+        self._start = start
+        self._worker: Worker | None = None
+        self._again = False
+
+    def ask(self) -> None:
+        if self._worker is not None and self._worker.state in (WorkerState.PENDING, WorkerState.RUNNING):
+            self._again = True
+            return
+        self._again = False
+        self._worker = self._start()
+
+    def finished(self) -> None:
+        """The job's result arrived: start the run asked for meanwhile, if any."""
+        self._worker = None
+        if self._again:
+            self.ask()
+
+
+class AppScreen(Screen):
+    """A screen inside the app's frame. Subclasses set MODE (the main screen it belongs to)
+    and compose their body; they show `snapshot` in `show_snapshot`."""
+
+    MODE = ""
+    snapshot: reactive[Snapshot] = reactive(Snapshot, init=False, always_update=True)
+
+    @property
+    def budget_app(self) -> BudgetTuiApp:
+        return self.app  # type: ignore[return-value]
+
+    def trail(self) -> str:
+        """Where we are below the main screen, shown after it in the screen bar."""
+        return ""
+
+    def compose(self) -> ComposeResult:
+        yield Header(icon="◆")
+        yield ScreenBar(self.budget_app.MAIN_SCREENS, self.MODE, self.trail())
+        yield from self.compose_body()
+        yield Footer(compact=True)
+
+    def compose_body(self) -> Iterable[Widget]:
+        raise NotImplementedError
+
+    def on_screen_resume(self) -> None:
+        if self.snapshot is not self.budget_app.snapshot:
+            self.snapshot = self.budget_app.snapshot
+
+    def watch_snapshot(self, snapshot: Snapshot) -> None:
+        self.show_snapshot(snapshot)
+
+    def show_snapshot(self, snapshot: Snapshot) -> None:
+        """Bring the screen up to date with a new read of the history."""
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
+            self.budget_app.report_error(event.worker.error)
+
+    # --- run actions shared by the queue, the history and the run detail
+    def cancel_run(self, run_id: int) -> None:
+        store = self.budget_app.store
+        self.budget_app.perform(lambda: describe_outcome(queue.cancel(store, [run_id])))
+
+    def retry_run(self, run_id: int) -> None:
+        """Queue a failed, cancelled or interrupted run again; it resumes from its checkpoint."""
+        store = self.budget_app.store
+        self.budget_app.perform(lambda: describe_outcome(queue.retry(store, [run_id])))
+
+
+def describe_outcome(outcome: dict[int, str]) -> str:
+    return "; ".join(f"run {run_id}: {result}" for run_id, result in outcome.items())
