@@ -83,7 +83,8 @@ class Store:
         handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as file:
-                json.dump(data, file, separators=(",", ":"))
+                # dumps, not dump: json.dump streams through the pure-Python encoder, 5x slower
+                file.write(json.dumps(data, separators=(",", ":")))
                 file.flush()
                 os.fsync(file.fileno())
             if self.path.exists():
