@@ -26,6 +26,7 @@ from engine.errors import BudgetTuiError, NotFound
 SCHEMA_VERSION = 1
 RUNS_TABLE = "runs"
 META_TABLE = "_meta"
+RUNS_OPENING, RUNS_CLOSING = f'"{RUNS_TABLE}":{{', "}}"  # the lines around the runs, one per line
 LOCK_TIMEOUT_S = 60.0
 
 
@@ -83,8 +84,7 @@ class Store:
         handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as file:
-                # dumps, not dump: json.dump streams through the pure-Python encoder, 5x slower
-                file.write(json.dumps(data, separators=(",", ":")))
+                file.write(serialise(data))
                 file.flush()
                 os.fsync(file.fileno())
             if self.path.exists():
@@ -157,24 +157,64 @@ class Store:
 
 
 class HistoryCache:
-    """The run list for screens that refresh every second: parsed again only when the
-    history file was rewritten, so an idle refresh of 10,000 runs costs one stat call."""
+    """The run list for screens that refresh every second. Parsed again only when the
+    history file was rewritten (an idle refresh of 10,000 runs costs one stat call), and
+    then only the lines of runs that changed: the file holds one run per line."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._signature: tuple[int, int, int] | None = None
         self._runs: list[dict[str, Any]] = []
         self._read_once = False
+        self._parsed_lines: dict[str, dict[str, Any]] = {}  # a run's line -> the run it says
 
     def runs(self) -> tuple[list[dict[str, Any]], bool]:
-        """(the runs, whether they changed since the last call)."""
+        """(the runs, whether they changed since the last call). Treat them as read-only."""
         signature = self.store.file_signature()
         if self._read_once and signature == self._signature:
             return self._runs, False  # a missing file stays empty until it is written
-        runs = self.store.list_runs()
         # stat before the read: a write between the two makes the next call read again
+        try:
+            text = self.store.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = ""
+        runs = self._parse_changed_lines(text)
+        if runs is None:  # another layout (an older file), or damage: the full parse decides
+            self._parsed_lines = {}
+            runs = self.store.list_runs()
         self._signature, self._runs, self._read_once = signature, runs, True
         return runs, True
+
+    def _parse_changed_lines(self, text: str) -> list[dict[str, Any]] | None:
+        lines = text.split("\n")
+        try:
+            if len(lines) < 4 or lines[1] != RUNS_OPENING or lines[-2:] != [RUNS_CLOSING, ""]:
+                return None
+            _migrate(json.loads(lines[0].rstrip(",") + "}"))  # the header line: {"_meta":{...},
+            parsed: dict[str, dict[str, Any]] = {}
+            for line in lines[2:-2]:
+                body = line[:-1] if line.endswith(",") else line
+                record = self._parsed_lines.get(body)
+                if record is None:
+                    run_id, _, document = body.partition(":")
+                    record = {**json.loads(document), "id": int(json.loads(run_id))}
+                parsed[body] = record
+        except (ValueError, TypeError):
+            return None
+        self._parsed_lines = parsed
+        return list(parsed.values())
+
+
+def serialise(data: dict[str, Any]) -> str:
+    """The history as JSON with the runs table last and one run per line, so a reader can
+    re-parse only the runs that changed (HistoryCache). Any JSON parser reads it whole."""
+    compact = {"separators": (",", ":")}
+    tables = [f"{json.dumps(name)}:{json.dumps(table, **compact)}" for name, table in data.items()
+              if name != RUNS_TABLE]
+    runs = ",\n".join(f"{json.dumps(str(run_id))}:{json.dumps(record, **compact)}"
+                      for run_id, record in data.get(RUNS_TABLE, {}).items())
+    header = "{" + ",".join(tables) + (",\n" if tables else "\n")
+    return f"{header}{RUNS_OPENING}\n{runs + chr(10) if runs else ''}{RUNS_CLOSING}\n"
 
 
 def _plain(document: Document | None) -> dict[str, Any]:

@@ -110,3 +110,49 @@ def test_history_cache_rereads_only_after_a_write(tmp_path):
     store.update_run(runs[0]["id"], state="running")
     runs, changed = cache.runs()
     assert changed and runs[0]["state"] == "running"
+
+
+def test_the_file_is_json_with_one_run_per_line(tmp_path):
+    store = Store(tmp_path / "history.json")
+    store.add_runs([{"state": "queued", "note": "two\nlines"}, {"state": "done"}])
+    text = store.path.read_text()
+    assert json.loads(text)["runs"]["1"]["note"] == "two\nlines"
+    lines = text.split("\n")
+    assert lines[1] == '"runs":{' and lines[-2:] == ["}}", ""]
+    assert [json.loads("{" + line.rstrip(",") + "}") for line in lines[2:-2]] == [
+        {"1": {"state": "queued", "note": "two\nlines", "id": 1}}, {"2": {"state": "done", "id": 2}}]
+
+
+def test_history_cache_parses_only_the_changed_runs_and_agrees_with_a_full_read(tmp_path, monkeypatch):
+    from engine.store import HistoryCache
+
+    store = Store(tmp_path / "history.json")
+    store.add_runs([{"state": "queued", "seed": seed} for seed in range(50)])
+    cache = HistoryCache(store)
+    assert cache.runs()[0] == store.list_runs()
+    parsed = []
+    real_loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda text, *a, **k: parsed.append(text) or real_loads(text, *a, **k))
+    store.update_run(7, state="running")
+    store.add_runs([{"state": "queued", "seed": 99}])
+    runs, changed = cache.runs()
+    assert changed and runs == store.list_runs()
+    documents = [text for text in parsed if text.startswith("{\"state\"")]
+    assert len(documents) == 2  # run 7 and run 51 only, of 51 runs
+    assert next(run for run in runs if run["id"] == 7)["state"] == "running"
+
+
+def test_history_cache_reads_an_old_layout_and_reports_damage(tmp_path):
+    from engine.store import HistoryCache
+
+    shutil.copy(FIXTURES / "history_v1.json", tmp_path / "history.json")
+    store = Store(tmp_path / "history.json")
+    cache = HistoryCache(store)
+    assert cache.runs()[0] == store.list_runs() and store.list_runs()
+    store.update_run(store.list_runs()[0]["id"], priority=3)  # rewritten in the line layout
+    assert cache.runs()[0] == store.list_runs()
+    lines = store.path.read_text().split("\n")
+    lines[2] = lines[2][: len(lines[2]) // 2]  # a run's line cut in half
+    store.path.write_text("\n".join(lines))
+    with pytest.raises(StoreCorrupted, match="history.json"):
+        cache.runs()

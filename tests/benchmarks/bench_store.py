@@ -4,6 +4,7 @@ Per size, median of several repeats, in seconds:
   history ls --json   the whole CLI command in a fresh process (start-up included)
   refresh read        Store.list_runs(): a full re-read, what a refresh does after a write
   idle refresh        HistoryCache.runs() when nothing was written: the TUI's usual tick
+  changed refresh     HistoryCache.runs() after one run changed: only its line is parsed again
   enqueue 100         one 100-run grid enqueued (one store write)
   state update        one run's state changed (a store transaction)
   progress update     one progress.json write, how running runs report progress
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     arguments = parser.parse_args()
     grid = [RunConfig(seed=seed) for seed in range(100)]
-    print(f"{'runs':>6} {'file MB':>8} {'ls --json':>10} {'refresh':>9} {'idle ref. µs':>13} {'enqueue100':>11} "
+    print(f"{'runs':>6} {'file MB':>8} {'ls --json':>10} {'refresh':>9} {'idle ref. µs':>13} {'changed ref.':>13} {'enqueue100':>11} "
           f"{'state upd':>10} {'progress':>9}")
     for size in (int(value) for value in arguments.sizes.split(",")):
         with tempfile.TemporaryDirectory() as name:
@@ -79,6 +80,11 @@ def main() -> None:
             cache = HistoryCache(store)
             cache.runs()
             idle = median_time(cache.runs, arguments.repeats)
+            changed_times = []
+            for repeat in range(arguments.repeats):
+                store.update_run(2, priority=repeat + 1)
+                changed_times.append(median_time(cache.runs, 1))
+            changed = statistics.median(changed_times)
             enqueue = median_time(lambda: queue.enqueue(store, "bench", grid), arguments.repeats)
             state = median_time(lambda: store.update_run(1, state="done"), arguments.repeats)
             writer = ProgressWriter(folder / "progress.json")
@@ -86,7 +92,7 @@ def main() -> None:
             event = {"event": "epoch", "epoch": 1, "step": 100, "test_acc": 0.5, "train_loss": 1.0,
                      "images_per_s": 1000.0}
             progress = median_time(lambda: writer.update(event), arguments.repeats)
-            print(f"{size:>6} {megabytes:>8.2f} {listing:>10.3f} {refresh:>9.3f} {idle * 1e6:>13.1f} {enqueue:>11.3f} "
+            print(f"{size:>6} {megabytes:>8.2f} {listing:>10.3f} {refresh:>9.3f} {idle * 1e6:>13.1f} {changed:>13.3f} {enqueue:>11.3f} "
                   f"{state:>10.3f} {progress:>9.4f}")
 
 
