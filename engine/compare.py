@@ -467,22 +467,21 @@ def render_json(pivot: Pivot) -> str:
 
 
 # --- charts
-def _series_groups(runs: list[dict[str, Any]], exclude: Iterable[str]) -> tuple[list[str], dict[tuple, list]]:
+def _series_groups(runs: list[dict[str, Any]], exclude: Iterable[str]) -> dict[tuple, list[dict[str, Any]]]:
     """Runs split into one series per combination of the fields that differ (minus `exclude`)."""
     names = [name for name in varying_fields(runs) if name not in exclude]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for record in runs:
         groups.setdefault(tuple(_hashable(record["config"].get(name)) for name in names), []).append(record)
-    ordered = dict(sorted(groups.items(), key=lambda item: tuple(
+    return dict(sorted(groups.items(), key=lambda item: tuple(
         _sort_value(name, value) for name, value in zip(names, item[0]))))
-    return names, ordered
 
 
 def _label(values: tuple) -> str:
     return " / ".join(format_value(value) for value in values) or "all runs"
 
 
-def _points(runs: list[dict[str, Any]], x_of, y_metric: str) -> Series | None:
+def _points(label: str, runs: list[dict[str, Any]], x_of, y_metric: str) -> Series:
     """Mean and std over seeds of y at each distinct x-group (the config minus seed)."""
     cells: dict[tuple, list[dict[str, Any]]] = {}
     for record in runs:
@@ -496,7 +495,7 @@ def _points(runs: list[dict[str, Any]], x_of, y_metric: str) -> Series | None:
         if ys and xs:
             points.append((math.fsum(xs) / len(xs), *mean_and_std(ys)))
     points.sort()
-    return Series("", [p[0] for p in points], [p[1] for p in points], [p[2] or 0.0 for p in points])
+    return Series(label, [p[0] for p in points], [p[1] for p in points], [p[2] or 0.0 for p in points])
 
 
 def budget_chart(records: Iterable[dict[str, Any]], metric: str = DEFAULT_METRIC) -> Chart:
@@ -504,12 +503,9 @@ def budget_chart(records: Iterable[dict[str, Any]], metric: str = DEFAULT_METRIC
     that differs), error bars = std over seeds."""
     check_metric(metric)
     runs = finished_runs(records)
-    _, groups = _series_groups(runs, exclude=("budget",))
-    series = []
-    for values, members in groups.items():
-        line = _points(members, lambda record: record["config"]["budget"], metric)
-        line.label = _label(values)
-        series.append(line)
+    groups = _series_groups(runs, exclude=("budget",))
+    series = [_points(_label(values), members, lambda record: record["config"]["budget"], metric)
+              for values, members in groups.items()]
     return Chart(title=f"{METRICS[metric].label} against budget", x_label="budget (fraction of the schedule)",
                  y_label=METRICS[metric].label, series=series)
 
@@ -526,12 +522,9 @@ def frontier_chart(records: Iterable[dict[str, Any]], metric: str = DEFAULT_METR
     if cost not in COSTS:
         raise BadInput(f"unknown cost {cost!r}; choose one of: {', '.join(COSTS)}")
     runs = finished_runs(records)
-    _, groups = _series_groups(runs, exclude=("budget",))
-    series = []
-    for values, members in groups.items():
-        line = _points(members, lambda record: record["summary"].get(cost), metric)
-        line.label = _label(values)
-        series.append(line)
+    groups = _series_groups(runs, exclude=("budget",))
+    series = [_points(_label(values), members, lambda record: record["summary"].get(cost), metric)
+              for values, members in groups.items()]
     return Chart(title=f"{METRICS[metric].label} against compute", x_label=COSTS[cost],
                  y_label=METRICS[metric].label, series=series, kind="scatter", x_log=cost == "flops_train")
 
@@ -544,7 +537,7 @@ def learning_curve_chart(records: Iterable[dict[str, Any]], x: str = "step") -> 
     if x not in CURVE_AXES:
         raise BadInput(f"unknown curve axis {x!r}; choose one of: {', '.join(CURVE_AXES)}")
     runs = finished_runs(records)
-    _, groups = _series_groups(runs, exclude=())
+    groups = _series_groups(runs, exclude=())
     series = []
     for values, members in groups.items():
         curves = [load_metrics(record) for record in members]
@@ -566,7 +559,7 @@ def usage_chart(records: Iterable[dict[str, Any]], bins: int = 12) -> Chart:
     import numpy  # only here: usage counts are arrays saved by the engine
 
     runs = finished_runs(records)
-    _, groups = _series_groups(runs, exclude=())
+    groups = _series_groups(runs, exclude=())
     loaded: dict[tuple, list] = {}
     for values, members in groups.items():
         arrays = []
