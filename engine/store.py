@@ -190,10 +190,17 @@ class HistoryCache:
         try:
             if len(lines) < 4 or lines[1] != RUNS_OPENING or lines[-2:] != [RUNS_CLOSING, ""]:
                 return None
+            bodies = [line[:-1] if line.endswith(",") else line for line in lines[2:-2]]
+            if not self._parsed_lines:  # nothing to reuse: one parse of the whole file is faster
+                table = _migrate(json.loads(text)).get(RUNS_TABLE, {})
+                if len(table) != len(bodies):
+                    return None
+                self._parsed_lines = {body: {**record, "id": int(run_id)}
+                                      for body, (run_id, record) in zip(bodies, table.items())}
+                return list(self._parsed_lines.values())
             _migrate(json.loads(lines[0].rstrip(",") + "}"))  # the header line: {"_meta":{...},
             parsed: dict[str, dict[str, Any]] = {}
-            for line in lines[2:-2]:
-                body = line[:-1] if line.endswith(",") else line
+            for body in bodies:
                 record = self._parsed_lines.get(body)
                 if record is None:
                     run_id, _, document = body.partition(":")
