@@ -61,6 +61,14 @@ def test_paper_presets_state_the_protocol_explicitly(tmp_path):
         (["run", "digits-quick", "--set", "budget=0.01"], "under one batch"),
         (["run", "digits-quick", "--set", "sampler=sgd", "--set", "budget=0.5"], "budget_mode=scan"),
         (["presets", "show", "nope"], "digits-quick"),
+        (["queue", "add", "nope"], "digits-quick"),
+        (["queue", "add", "digits-quick", "--grid", "flavour=a,b"], "valid keys"),
+        (["queue", "add", "digits-quick", "--grid", "budget=0.5,1.5"], "budget must be in (0, 1]"),
+        (["queue", "add", "digits-quick", "--grid", "sampler=unif-sgd,magic"], "choose one of"),
+        (["queue", "add", "digits-quick", "--grid", "budget"], "key=v1,v2"),
+        (["queue", "add", "digits-quick", "--seeds", "-2"], "--seeds"),
+        (["queue", "add", "digits-quick", "--priority", "5000"], "priority"),
+        (["worker", "--gpus", "0,0"], "--gpus"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message_and_writes_nothing(tmp_path, args, fragment):

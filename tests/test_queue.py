@@ -57,27 +57,6 @@ def test_grid_enqueue_is_one_write_and_prints_ids(tmp_path):
     assert all(r["state"] == "queued" for r in runs)
 
 
-@pytest.mark.parametrize(
-    "args, fragment",
-    [
-        (["queue", "add", "nope"], "digits-quick"),
-        (["queue", "add", "digits-quick", "--grid", "flavour=a,b"], "valid keys"),
-        (["queue", "add", "digits-quick", "--grid", "budget=0.5,1.5"], "budget must be in (0, 1]"),
-        (["queue", "add", "digits-quick", "--grid", "sampler=unif-sgd,magic"], "choose one of"),
-        (["queue", "add", "digits-quick", "--grid", "budget"], "key=v1,v2"),
-        (["queue", "add", "digits-quick", "--seeds", "-2"], "--seeds"),
-        (["queue", "add", "digits-quick", "--priority", "5000"], "priority"),
-        (["worker", "--gpus", "0,0"], "--gpus"),
-    ],
-)
-def test_bad_queue_input_exits_2_and_writes_nothing(tmp_path, args, fragment):
-    home = tmp_path / "home"
-    result = cli(*args, "--home", str(home))
-    assert result.exit_code == 2, result.output
-    assert fragment in result.stderr
-    assert not (home / "history.json").exists()
-
-
 def test_claim_order_priority_then_age_and_never_twice(tmp_path):
     store = store_of(tmp_path)
     ids = queue.enqueue(store, "p", [QUICK] * 3)

@@ -14,12 +14,28 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from engine.errors import BadInput, BudgetTuiError
 from engine.paths import DATA_ENV, HOME_ENV, history_path, resolve_data_root, resolve_home
 
+
+class DomainErrorsToExitCodes(TyperGroup):
+    """The one place a domain error of any command becomes one line on stderr and its exit
+    code (DESIGN.md): no traceback for a user's mistake."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BudgetTuiError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(error.exit_code) from None
+
+
 app = typer.Typer(
+    cls=DomainErrorsToExitCodes,
     name="budget-tui",
     help="Budgeted-training experiment manager: presets, runs, history.",
     add_completion=False,
@@ -57,11 +73,6 @@ def main_options(context: typer.Context, home: HomeOption = None, data_root: Dat
         run_tui(resolve_home(home), data_root.expanduser().resolve() if data_root is not None else None)
 
 
-def fail(error: BudgetTuiError) -> typer.Exit:
-    typer.echo(f"error: {error}", err=True)
-    return typer.Exit(error.exit_code)
-
-
 def print_json(value: Any) -> None:
     # Indented for a person at a terminal; compact when a script reads it (a 10,000-run
     # history prints three times faster).
@@ -75,10 +86,7 @@ def presets_ls(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """List shipped and user presets."""
     from engine.presets import list_presets
 
-    try:
-        presets = list_presets(resolve_home(home))
-    except BudgetTuiError as error:
-        raise fail(error) from None
+    presets = list_presets(resolve_home(home))
     if as_json:
         print_json([{"name": p.name, "source": p.source, "description": p.description,
                      "path": str(p.path)} for p in presets])
@@ -93,11 +101,8 @@ def presets_show(name: str, home: HomeOption = None, as_json: JsonOption = False
     """Show a preset's full config (defaults with the preset's overrides applied)."""
     from engine.presets import get_preset
 
-    try:
-        preset = get_preset(name, resolve_home(home))
-        config = preset.config().to_dict()
-    except BudgetTuiError as error:
-        raise fail(error) from None
+    preset = get_preset(name, resolve_home(home))
+    config = preset.config().to_dict()
     payload = {"name": preset.name, "source": preset.source, "description": preset.description,
                "path": str(preset.path), "seeds": preset.seeds, "grid": preset.grid, "config": config}
     if as_json:
@@ -130,30 +135,24 @@ def run(
     from engine.presets import get_preset
 
     home_dir = resolve_home(home)
-    try:
-        assignments: dict[str, Any] = parse_assignments(sets)
-        if device is not None:
-            assignments["device"] = device
-        if seeds is not None and seeds < 1:
-            raise BadInput("--seeds must be >= 1")
-        chosen = get_preset(preset, home_dir)
-        configs = chosen.grid_configs(assignments, seeds=seeds)
-        # Everything that can be wrong with the input is found before anything is written.
-        from engine.train.loop import check_all_runnable
+    assignments: dict[str, Any] = parse_assignments(sets)
+    if device is not None:
+        assignments["device"] = device
+    if seeds is not None and seeds < 1:
+        raise BadInput("--seeds must be >= 1")
+    chosen = get_preset(preset, home_dir)
+    configs = chosen.grid_configs(assignments, seeds=seeds)
+    # Everything that can be wrong with the input is found before anything is written.
+    from engine.train.loop import check_all_runnable
 
-        datasets = check_all_runnable(configs, resolve_data_root(data_root, home_dir))
-    except BudgetTuiError as error:
-        raise fail(error) from None
+    datasets = check_all_runnable(configs, resolve_data_root(data_root, home_dir))
 
     from engine.runs import execute_run, new_record
     from engine.store import Store
     from tui_app.progress import RunProgress
 
     store = Store(history_path(home_dir))
-    try:
-        ids = store.add_runs([new_record(config, preset, state="queued") for config in configs])
-    except BudgetTuiError as error:
-        raise fail(error) from None
+    ids = store.add_runs([new_record(config, preset, state="queued") for config in configs])
     results = []
     for index, (run_id, config, data) in enumerate(zip(ids, configs, datasets), start=1):
         label = f"run {run_id} [{index}/{len(ids)}] seed {config.seed}"
@@ -164,8 +163,8 @@ def run(
             except KeyboardInterrupt:
                 typer.echo(f"\nrun {run_id} interrupted; it resumes from its last checkpoint", err=True)
                 raise typer.Exit(130) from None
-            except BudgetTuiError as error:
-                raise fail(error) from None
+            except BudgetTuiError:
+                raise  # a domain error: one line and its exit code, from the app's handler
             except Exception as error:  # the record says failed and keeps the traceback file
                 typer.echo(f"run {run_id} failed: {type(error).__name__}: {error}", err=True)
                 raise typer.Exit(1) from None
@@ -203,10 +202,7 @@ def history_ls(
     from engine.history import filter_runs, parse_filters
     from engine.store import Store
 
-    try:
-        runs = filter_runs(Store(history_path(resolve_home(home))).list_runs(), parse_filters(where))
-    except BudgetTuiError as error:
-        raise fail(error) from None
+    runs = filter_runs(Store(history_path(resolve_home(home))).list_runs(), parse_filters(where))
     if as_json:
         print_json(runs)
         return
@@ -230,10 +226,7 @@ def history_show(run_id: int, home: HomeOption = None, as_json: JsonOption = Fal
     from engine.history import load_metrics
     from engine.store import Store
 
-    try:
-        record = Store(history_path(resolve_home(home))).get_run(run_id)
-    except BudgetTuiError as error:
-        raise fail(error) from None
+    record = Store(history_path(resolve_home(home))).get_run(run_id)
     record["metrics"] = load_metrics(record)
     if as_json:
         print_json(record)
@@ -276,20 +269,17 @@ def queue_add(
     from engine.queue import enqueue, validate_priority
 
     home_dir = resolve_home(home)
-    try:
-        assignments = parse_assignments(sets)
-        grid: dict[str, list[Any]] = {}
-        for item in grids:
-            key, sep, values = item.partition("=")
-            if not sep:
-                raise BadInput(f"expected --grid key=v1,v2, got {item!r}")
-            grid[key.strip().replace("-", "_")] = parse_grid_values(key.strip().replace("-", "_"), values)
-        if seeds is not None and seeds < 1:
-            raise BadInput("--seeds must be >= 1")
-        configs = get_preset(preset, home_dir).grid_configs(assignments, grid, seeds)
-        ids = enqueue(_store(home), preset, configs, validate_priority(priority))
-    except BudgetTuiError as error:
-        raise fail(error) from None
+    assignments = parse_assignments(sets)
+    grid: dict[str, list[Any]] = {}
+    for item in grids:
+        key, sep, values = item.partition("=")
+        if not sep:
+            raise BadInput(f"expected --grid key=v1,v2, got {item!r}")
+        grid[key.strip().replace("-", "_")] = parse_grid_values(key.strip().replace("-", "_"), values)
+    if seeds is not None and seeds < 1:
+        raise BadInput("--seeds must be >= 1")
+    configs = get_preset(preset, home_dir).grid_configs(assignments, grid, seeds)
+    ids = enqueue(_store(home), preset, configs, validate_priority(priority))
     if as_json:
         print_json({"ids": ids})
     else:
@@ -306,13 +296,10 @@ def queue_ls(
     from engine.queue import FINISHED, queue_order, reconcile
     from engine.runs import read_progress
 
-    try:
-        store = _store(home)
-        reconcile(store)
-        runs = sorted((r for r in store.list_runs() if show_all or r.get("state") not in FINISHED
-                       or r.get("state") == "interrupted"), key=queue_order)
-    except BudgetTuiError as error:
-        raise fail(error) from None
+    store = _store(home)
+    reconcile(store)
+    runs = sorted((r for r in store.list_runs() if show_all or r.get("state") not in FINISHED
+                   or r.get("state") == "interrupted"), key=queue_order)
     for record in runs:
         record["progress"] = read_progress(record) if record.get("state") == "running" else {}
     if as_json:
@@ -358,10 +345,7 @@ def queue_cancel(run_ids: RunIds, home: HomeOption = None, as_json: JsonOption =
     """Cancel runs: queued ones at once, running ones by stopping their process group."""
     from engine.queue import cancel
 
-    try:
-        _report(cancel(_store(home), run_ids), as_json)
-    except BudgetTuiError as error:
-        raise fail(error) from None
+    _report(cancel(_store(home), run_ids), as_json)
 
 
 @queue_app.command("retry")
@@ -374,10 +358,7 @@ def queue_retry(
     """Queue failed, cancelled or interrupted runs again; they resume from their last checkpoint."""
     from engine.queue import retry
 
-    try:
-        _report(retry(_store(home), run_ids, fresh=fresh), as_json)
-    except BudgetTuiError as error:
-        raise fail(error) from None
+    _report(retry(_store(home), run_ids, fresh=fresh), as_json)
 
 
 @queue_app.command("priority")
@@ -389,10 +370,7 @@ def queue_priority(
     """Change the priority of runs."""
     from engine.queue import set_priority, validate_priority
 
-    try:
-        set_priority(_store(home), run_ids, validate_priority(priority))
-    except BudgetTuiError as error:
-        raise fail(error) from None
+    set_priority(_store(home), run_ids, validate_priority(priority))
 
 
 @queue_app.command("clear")
@@ -400,10 +378,7 @@ def queue_clear(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Cancel every run still waiting in the queue (running runs are left alone)."""
     from engine.queue import clear_queued
 
-    try:
-        ids = clear_queued(_store(home))
-    except BudgetTuiError as error:
-        raise fail(error) from None
+    ids = clear_queued(_store(home))
     if as_json:
         print_json({"cancelled": ids})
     else:
@@ -427,11 +402,8 @@ def worker(
     from engine.worker import LocalExecutor, Worker, parse_gpus
 
     home_dir = resolve_home(home)
-    try:
-        slots = parse_gpus(gpus)
-        _store(home_dir).list_runs()  # a corrupted history is reported now, not in the background
-    except BudgetTuiError as error:
-        raise fail(error) from None
+    slots = parse_gpus(gpus)
+    _store(home_dir).list_runs()  # a corrupted history is reported now, not in the background
     if detach:
         from engine.worker import start_detached_worker
 
@@ -490,22 +462,19 @@ def compare(
     from engine.history import filter_runs, parse_filters
     from engine.store import Store
 
+    from engine.plots import FIGURE_SUFFIXES
+
     output_format = "json" if as_json else output_format
-    try:
-        if output_format not in analysis.FORMATS:
-            raise BadInput(f"unknown --format {output_format!r}; choose one of: {', '.join(analysis.FORMATS)}")
-        if plot is not None and plot.suffix.lower() not in (".png", ".svg"):
-            raise BadInput(f"--plot writes .png or .svg files, got {plot.name!r}")
-        filters = parse_filters([*where, *([f"preset={preset}"] if preset else [])])
-        baseline_cell = ({key: convert_value(key, value) for key, value in parse_assignments(baseline.split(",")).items()}
-                         if baseline else None)
-        runs = filter_runs(Store(history_path(resolve_home(home))).list_runs(), filters)
-        pivot = analysis.build_pivot(runs, rows=_names(rows), cols=_names(cols), metric=metric,
-                                     baseline=baseline_cell)
-        figure = analysis.build_chart(chart or "budget", runs, metric) if (chart or plot) else None
-    except BudgetTuiError as error:
-        raise fail(error) from None
-    typer.echo(analysis.render(pivot, output_format), nl=False)
+    if plot is not None and plot.suffix.lower() not in FIGURE_SUFFIXES:  # refused before any output
+        raise BadInput(f"--plot writes {' or '.join(FIGURE_SUFFIXES)} files, got {plot.name!r}")
+    filters = parse_filters([*where, *([f"preset={preset}"] if preset else [])])
+    baseline_cell = ({key: convert_value(key, value) for key, value in parse_assignments(baseline.split(",")).items()}
+                     if baseline else None)
+    runs = filter_runs(Store(history_path(resolve_home(home))).list_runs(), filters)
+    pivot = analysis.build_pivot(runs, rows=_names(rows), cols=_names(cols), metric=metric,
+                                 baseline=baseline_cell)
+    figure = analysis.build_chart(chart or "budget", runs, metric) if (chart or plot) else None
+    typer.echo(analysis.render(pivot, output_format), nl=False)  # an unknown format is refused here
     if figure is not None and plot is not None:
         from engine.plots import write_figure
 
