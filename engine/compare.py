@@ -11,11 +11,13 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 from engine.config import AUGMENTATIONS, SAMPLERS, RunConfig, field_types
 from engine.errors import BadInput, NotFound
 from engine.history import load_metrics
+from engine.paths import USAGE_NAME
 from engine.plots import Chart, Series
 
 FORMATS = ("table", "csv", "md", "latex", "json")
@@ -318,7 +320,9 @@ def build_pivot(
     reference = dict(DEFAULT_REFERENCE if reference is None else reference)
     check_fields([*baseline, *reference], "--baseline")
 
-    runs = [record for record in finished_runs(records) if metric_value(record, metric) is not None]
+    finished = finished_runs(records)
+    value_of = {record["id"]: metric_value(record, metric) for record in finished}
+    runs = [record for record in finished if value_of[record["id"]] is not None]
     if not runs:
         raise NotFound(f"no finished run has the metric {metric!r}")
     varying = varying_fields(runs)
@@ -338,7 +342,7 @@ def build_pivot(
     cell_of_group: dict[tuple, Cell] = {}
     for key, members in groups.items():
         members.sort(key=lambda record: (record["config"].get("seed", 0), record["id"]))
-        values = [metric_value(record, metric) for record in members]
+        values = [value_of[record["id"]] for record in members]
         mean, std = mean_and_std(values)
         cell = Cell(values=values, run_ids=[record["id"] for record in members], mean=mean, std=std)
         config = members[0]["config"]
@@ -564,11 +568,12 @@ def usage_chart(records: Iterable[dict[str, Any]], bins: int = 12) -> Chart:
     for values, members in groups.items():
         arrays = []
         for record in members:
-            path = record.get("run_dir") and f"{record['run_dir']}/usage.npy"
+            if not record.get("run_dir"):
+                continue
             try:
-                arrays.append(numpy.load(path))
-            except (OSError, TypeError, ValueError):
-                continue  # older runs or runs without a folder have no usage file
+                arrays.append(numpy.load(Path(record["run_dir"]) / USAGE_NAME))
+            except (OSError, ValueError):
+                continue  # older runs have no usage file
         if arrays:
             loaded[values] = arrays
     if not loaded:
