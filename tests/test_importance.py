@@ -13,7 +13,8 @@ from engine.train.augment import Credit
 from engine.train.budget import plan_budget
 from engine.train.data import load_dataset
 from engine.train.samplers import sampling_probabilities
-from engine.train.loop import METRICS_NAME, train
+from engine.paths import METRICS_NAME
+from engine.train.loop import train
 from engine.train.samplers import Batch, Sampler, Scorer, create_sampler
 
 SCORE_SAMPLERS = ("p-sgd", "c-sgd")

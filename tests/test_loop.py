@@ -10,14 +10,11 @@ import torch
 
 from engine.config import RunConfig
 from engine.errors import BadInput
+from engine.paths import CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, USAGE_NAME
 from engine.presets import get_preset
 from engine.train.budget import plan_budget
 from engine.train.data import load_dataset
 from engine.train.loop import (
-    CHECKPOINT_NAME,
-    METRICS_NAME,
-    SUMMARY_NAME,
-    USAGE_NAME,
     Accounting,
     check_runnable,
     evaluate,

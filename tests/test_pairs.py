@@ -11,7 +11,8 @@ from engine.config import RunConfig
 from engine.train.augment import AUGMENTATIONS
 from engine.train.budget import plan_budget
 from engine.train.data import DatasetSplits, load_dataset
-from engine.train.loop import METRICS_NAME, train
+from engine.paths import METRICS_NAME
+from engine.train.loop import train
 from engine.train.samplers import SAMPLERS
 
 

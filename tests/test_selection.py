@@ -11,7 +11,8 @@ import engine.train.selection  # noqa: F401  registers sb and ub
 from engine.config import RunConfig
 from engine.train.budget import plan_budget
 from engine.train.data import load_dataset
-from engine.train.loop import CHECKPOINT_NAME, METRICS_NAME, train
+from engine.paths import CHECKPOINT_NAME, METRICS_NAME
+from engine.train.loop import train
 from engine.train.samplers import SAMPLERS, Batch, Sampler, Scorer, create_sampler, sampling_probabilities
 from engine.train.selection import (
     gradient_norm_scores,
