@@ -75,6 +75,7 @@ class RunConfig:
     ricap_beta: float = 0.3
     randaugment_ops: int = 2  # N ops per image
     randaugment_magnitude: int = 4  # M on the 0..30 scale
+    randaugment_scale_pixels: bool = False  # Cutout/Translate pixels scaled with the image side (reference: absolute)
     # --- optimiser
     batch_size: int = 128
     test_batch_size: int = 100
