@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from engine.config import RunConfig
 from engine.train import augment
@@ -396,20 +396,75 @@ def test_shear_is_about_the_centre_and_has_both_signs():
     assert set(top_cols.tolist()) == {3, 5}  # leaning either way, by 0.3 * 4 rows ~ 1 column
 
 
-def test_cutout_is_a_grey_box_of_the_scaled_side():
-    images = torch.zeros(64, 3, 32, 32, dtype=torch.uint8)
-    # M = 12: side 40 * 12 / 30 = 16 px at 32 px.
-    output = apply_randaugment_ops(images, _ops("cutout", 64), 12, torch.Generator().manual_seed(0))
-    grey = torch.tensor([125, 123, 114], dtype=torch.uint8).reshape(3, 1, 1)
+def _replayed_draws(batch: int, height: int, width: int, seed: int) -> torch.Tensor:
+    """The per-image draw apply_randaugment_ops takes first from a fresh generator: its parity
+    is the sign of a signed op, the rest the pixel a Cutout box is placed at."""
+    return torch.randint(0, 2 * height * width, (batch,), generator=torch.Generator().manual_seed(seed))
+
+
+def _pixel_value(op: str, size: int, scale_pixels: bool) -> float:
+    return randaugment_value(op, 4) * (size / 32 if scale_pixels else 1.0)
+
+
+PIXEL_CASES = [(32, False), (84, False), (84, True)]
+
+
+@pytest.mark.parametrize("op", ["translate_x", "translate_y"])
+@pytest.mark.parametrize("size, scale_pixels", PIXEL_CASES)
+def test_translate_moves_absolute_pixels_like_pil(op, size, scale_pixels):
+    # At M = 4 the reference translates by 100 * 4 / 30 = 13.3 px whatever the image size.
+    images = _noise(16, 3, size, size, seed=8).clamp_min(1)  # black only where nothing moved in
+    output = apply_randaugment_ops(images, _ops(op, 16), 4, torch.Generator().manual_seed(3),
+                                   scale_pixels=scale_pixels)
+    value = _pixel_value(op, size, scale_pixels)
+    signs = _replayed_draws(16, size, size, seed=3) % 2 * 2 - 1
+    assert set(signs.tolist()) == {-1, 1}
+    for image, result, sign in zip(images, output, signs.tolist()):
+        pil = _to_pil(image)
+        shift = (1, 0, sign * value, 0, 1, 0) if op == "translate_x" else (1, 0, 0, 0, 1, sign * value)
+        assert torch.equal(result, _from_pil(pil.transform(pil.size, Image.AFFINE, shift), 3))
+        emptied = (result == 0).all(dim=0).all(dim=0 if op == "translate_x" else 1)
+        assert int(emptied.sum()) == int(value)  # 13 whole columns or rows at 32 and 84 px
+
+
+@pytest.mark.parametrize("size, scale_pixels", PIXEL_CASES)
+def test_cutout_covers_absolute_pixels_like_pil(size, scale_pixels):
+    # The reference's CutoutAbs at M = 4: side v = 40 * 4 / 30 = 5.3 px, drawn by PIL from the
+    # corner int(max(0, c - v/2)) to corner + v, both included (int(v) + 1 = 6 pixels a side),
+    # c uniform on (1, side]; here c is the drawn pixel's index + 1.
+    batch = 64
+    images = _noise(batch, 3, size, size, seed=9)
+    output = apply_randaugment_ops(images, _ops("cutout", batch), 4, torch.Generator().manual_seed(4),
+                                   scale_pixels=scale_pixels)
+    value = _pixel_value("cutout", size, scale_pixels)
+    centres = _replayed_draws(batch, size, size, seed=4) // 2
     areas = []
-    for result in output:
-        box = (result != 0).any(0)
-        assert torch.equal(result[:, box], grey.reshape(3, 1).expand(3, int(box.sum())))
-        areas.append(int(box.sum()))
-    assert max(areas) == 16 * 16 and min(areas) < max(areas)  # whole boxes and clipped ones
-    grey_digits = apply_randaugment_ops(torch.zeros(8, 1, 8, 8, dtype=torch.uint8), _ops("cutout", 8), 12,
+    for image, result, centre in zip(images, output, centres.tolist()):
+        row, col = divmod(centre, size)
+        left, top = int(max(0, col + 1 - value / 2)), int(max(0, row + 1 - value / 2))
+        pil = _to_pil(image)
+        ImageDraw.Draw(pil).rectangle((left, top, left + value, top + value), fill=(125, 123, 114))
+        assert torch.equal(result, _from_pil(pil, 3))
+        areas.append(int((result != image).any(0).sum()))
+    side = int(value) + 1
+    assert max(areas) == side * side and min(areas) < max(areas)  # whole boxes and clipped ones
+
+
+def test_randaugment_scales_pixels_only_when_the_config_asks():
+    images = _noise(32, 3, 84, 84, seed=2)
+    for scale_pixels in (False, True):
+        config = RunConfig(crop_padding=0, randaugment_scale_pixels=scale_pixels)
+        batch = create_augmentation("randaugment", config, flip=False)(images, torch.Generator().manual_seed(5))
+        expected = augment.randaugment(images, config.randaugment_ops, config.randaugment_magnitude,
+                                       torch.Generator().manual_seed(5), scale_pixels=scale_pixels)
+        assert torch.equal(batch.images, expected)
+    assert RunConfig().randaugment_scale_pixels is False
+
+
+def test_cutout_on_one_channel_is_the_grey_of_the_reference_colour():
+    grey_digits = apply_randaugment_ops(torch.zeros(8, 1, 16, 16, dtype=torch.uint8), _ops("cutout", 8), 4,
                                         torch.Generator())
-    assert set(grey_digits.unique().tolist()) == {0, 123}  # the grey level of the reference colour
+    assert set(grey_digits.unique().tolist()) == {0, 123}  # PIL's luma of (125, 123, 114)
 
 
 # --- loss and credit ------------------------------------------------------------------

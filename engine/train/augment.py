@@ -9,6 +9,7 @@ run's generator; no per-image Python loops and no host syncs. Imports no trainin
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, ClassVar, NamedTuple
@@ -157,8 +158,17 @@ def _boxes(
     a size 0 gives no box."""
     top = centres // width - box_height // 2
     left = centres % width - box_width // 2
-    rows = torch.arange(height, device=centres.device)
-    cols = torch.arange(width, device=centres.device)
+    return _boxes_at(top, left, box_height, box_width, height, width)
+
+
+def _boxes_at(
+    top: torch.Tensor, left: torch.Tensor, box_height: torch.Tensor, box_width: torch.Tensor,
+    height: int, width: int,
+) -> torch.Tensor:
+    """A (B, 1, H, W) bool mask per image: the box with top-left pixel (top, left) (B,),
+    clipped to the image; like _boxes, sizes broadcast to (B,) and 0 gives no box."""
+    rows = torch.arange(height, device=top.device)
+    cols = torch.arange(width, device=top.device)
     # Comparing against arange clips the box for free: rows outside 0..H-1 never exist.
     in_rows = (rows >= top[:, None]) & (rows < (top + box_height)[:, None])
     in_cols = (cols >= left[:, None]) & (cols < (left + box_width)[:, None])
@@ -290,8 +300,9 @@ RANDAUGMENT_OPS: tuple[str, ...] = (
 )
 # The reference's ranges, including its quirks: Posterize keeps max(1, int(value)) bits and
 # Solarize inverts levels >= value, so both are strongest at low M; the enhance factors
-# have no sign, so M < 15 always fades. Pixel ranges are the reference's absolute pixels,
-# read as pixels of a 32-px image (the paper's CIFAR) and scaled with the image side.
+# have no sign, so M < 15 always fades. Pixel ranges (Cutout, Translate) are absolute
+# pixels at every image size, as in the reference; `scale_pixels` instead reads them as
+# pixels of a 32-px image (the paper's CIFAR) and scales them with the image side.
 _RANDAUGMENT_RANGES: dict[str, tuple[float, float]] = {
     "rotate": (0.0, 30.0),  # degrees, random sign
     "posterize": (0.0, 4.0),  # bits kept
@@ -303,11 +314,11 @@ _RANDAUGMENT_RANGES: dict[str, tuple[float, float]] = {
     "sharpness": (0.1, 1.9),
     "shear_x": (0.0, 0.3),  # shear factor, random sign
     "shear_y": (0.0, 0.3),
-    "cutout": (0.0, 40.0),  # box side, pixels at 32 px
-    "translate_x": (0.0, 100.0),  # pixels at 32 px, random sign
+    "cutout": (0.0, 40.0),  # box side, pixels
+    "translate_x": (0.0, 100.0),  # pixels, random sign
     "translate_y": (0.0, 100.0),
 }
-_REFERENCE_SIDE = 32
+_REFERENCE_SIDE = 32  # image side the pixel ranges are read at when scaled
 _CUTOUT_FILL = (125, 123, 114)  # the reference's grey box, RGB
 _MAX_MAGNITUDE = 30
 
@@ -332,12 +343,14 @@ class _OpTables(NamedTuple):
     families: torch.Tensor  # (3, 16) bool: the ops of each of _RANDAUGMENT_FAMILIES
     curves: torch.Tensor  # (16, 256) uint8: level curve, the identity where none is constant
     affine: torch.Tensor  # (16, 5) float: rotation (radians), shear x, shear y, shift x, y (px) at sign +1
-    cutout_box: torch.Tensor  # (16, 2) int64: Cutout box height and width, 0 for other ops
+    cutout_box: torch.Tensor  # (16, 4) int64: Cutout box lead above/left of its drawn pixel, height, width; 0 for other ops
     fill: torch.Tensor  # (16, C) uint8: colour of pixels with no source (Cutout grey, else black)
 
 
 @lru_cache(maxsize=32)
-def _op_tables(magnitude: float, channels: int, height: int, width: int, device: torch.device) -> _OpTables:
+def _op_tables(
+    magnitude: float, scale_pixels: bool, channels: int, height: int, width: int, device: torch.device
+) -> _OpTables:
     """Built once per setting: rebuilding per batch costs more calls than the ops themselves
     on small images, and building from Python values copies from the host."""
     ops = {op: index for index, op in enumerate(RANDAUGMENT_OPS)}
@@ -356,13 +369,20 @@ def _op_tables(magnitude: float, channels: int, height: int, width: int, device:
     curves[ops["brightness"]] = _blend(torch.zeros(()), levels, randaugment_value("brightness", magnitude))
 
     affine = torch.zeros(len(ops), 5, dtype=torch.float64)
-    scales = (torch.pi / 180, 1.0, 1.0, width / _REFERENCE_SIDE, height / _REFERENCE_SIDE)
+    row_scale, col_scale = (height / _REFERENCE_SIDE, width / _REFERENCE_SIDE) if scale_pixels else (1.0, 1.0)
+    scales = (torch.pi / 180, 1.0, 1.0, col_scale, row_scale)
     for column, (op, scale) in enumerate(zip(_GEOMETRIC_OPS, scales)):
         affine[ops[op], column] = randaugment_value(op, magnitude) * scale
 
-    cutout_box = torch.zeros(len(ops), 2, dtype=torch.long)
-    side = randaugment_value("cutout", magnitude) / _REFERENCE_SIDE
-    cutout_box[ops["cutout"]] = torch.tensor((round(side * height), round(side * width)))
+    # The reference draws its Cutout square with PIL from corner floor(c - v/2), clamped
+    # to 0, to corner + v, both corners truncated and included: int(v) + 1 pixels a side.
+    # Its centre c is uniform on (1, side] (numpy's uniform(side), low and high swapped);
+    # here c is the drawn pixel's index + 1, so the corner is that pixel - (ceil(v/2) - 1).
+    cutout = randaugment_value("cutout", magnitude)
+    row_side, col_side = cutout * row_scale, cutout * col_scale
+    cutout_box = torch.zeros(len(ops), 4, dtype=torch.long)
+    cutout_box[ops["cutout"]] = torch.tensor((math.ceil(row_side / 2) - 1, math.ceil(col_side / 2) - 1,
+                                              int(row_side) + 1, int(col_side) + 1))
     grey = torch.tensor(_CUTOUT_FILL).reshape(1, 3, 1, 1)
     fill = torch.zeros(len(ops), channels, dtype=torch.uint8)
     fill[ops["cutout"]] = (grey if channels == 3 else _grayscale(grey)).reshape(-1)
@@ -376,16 +396,19 @@ def _op_tables(magnitude: float, channels: int, height: int, width: int, device:
 
 
 def apply_randaugment_ops(
-    images: torch.Tensor, ops: torch.Tensor, magnitude: float, generator: torch.Generator
+    images: torch.Tensor, ops: torch.Tensor, magnitude: float, generator: torch.Generator,
+    *, scale_pixels: bool = False,
 ) -> torch.Tensor:
-    """One RandAugment layer: image i gets op RANDAUGMENT_OPS[ops[i]] at `magnitude` (0..30).
+    """One RandAugment layer: image i gets op RANDAUGMENT_OPS[ops[i]] at `magnitude` (0..30);
+    `scale_pixels` scales the Cutout and Translate pixels with the image side (see
+    _RANDAUGMENT_RANGES).
 
     The ops fall into three families, each applied in one batched call to the images that
     drew one of its ops: tone curves (a lookup table per image and channel), geometry and
     Cutout (a source pixel per output pixel), Color and Sharpness (blends). Every image
     gets its random draw whatever its op, so the generator advances the same for any ops.
     """
-    tables = _op_tables(magnitude, *images.shape[1:], images.device)
+    tables = _op_tables(magnitude, scale_pixels, *images.shape[1:], images.device)
     height, width = images.shape[-2:]
     # One uniform draw per image in [0, 2*H*W): its parity is the sign of the signed ops,
     # the rest the pixel at the centre of a Cutout box.
@@ -425,14 +448,15 @@ def _apply_where_drawn(
 
 
 def randaugment(
-    images: torch.Tensor, num_ops: int, magnitude: float, generator: torch.Generator
+    images: torch.Tensor, num_ops: int, magnitude: float, generator: torch.Generator,
+    *, scale_pixels: bool = False,
 ) -> torch.Tensor:
     """`num_ops` layers, each image drawing its own op in each layer."""
     for _ in range(num_ops):
         ops = torch.randint(
             0, len(RANDAUGMENT_OPS), images.shape[:1], generator=generator, device=images.device
         )
-        images = apply_randaugment_ops(images, ops, magnitude, generator)
+        images = apply_randaugment_ops(images, ops, magnitude, generator, scale_pixels=scale_pixels)
     return images
 
 
@@ -442,7 +466,8 @@ class RandAugmentation(Augmentation):
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
         config = self.config
-        augmented = randaugment(images, config.randaugment_ops, config.randaugment_magnitude, generator)
+        augmented = randaugment(images, config.randaugment_ops, config.randaugment_magnitude, generator,
+                                scale_pixels=config.randaugment_scale_pixels)
         return AugmentedBatch(self.crop_flip(augmented, generator), (_positions(images),), None)
 
 
@@ -541,8 +566,11 @@ def _geometry_and_cutout(
     cols = (cos * xs + (shear_x - sin) * ys + (shift_x + width / 2)).floor().int()
     rows = ((sin + shear_y) * xs + cos * ys + (shift_y + height / 2)).floor().int()
     inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    box_height, box_width = tables.cutout_box.index_select(0, ops).unbind(1)
-    box = _boxes(draws // 2, box_height, box_width, height, width)[:, 0]
+    lead_rows, lead_cols, box_height, box_width = tables.cutout_box.index_select(0, ops).unbind(1)
+    centres = draws // 2
+    top = (centres // width - lead_rows).clamp_min(0)
+    left = (centres % width - lead_cols).clamp_min(0)
+    box = _boxes_at(top, left, box_height, box_width, height, width)[:, 0]
     plane = height * width
     first = torch.arange(batch, dtype=torch.int32, device=device)[:, None, None] * plane
     no_source = batch * plane + ops.int()[:, None, None]
