@@ -34,6 +34,11 @@ class Series:
     x: list[float]
     y: list[float]
     yerr: list[float] | None = None  # error bars (std over seeds); None = none
+    note: str = ""  # a legend column after the label, in [ ]; Chart.legend_title says what it holds
+
+    @property
+    def legend_label(self) -> str:
+        return f"{self.label} [{self.note}]" if self.note else self.label
 
 
 @dataclass
@@ -44,6 +49,7 @@ class Chart:
     series: list[Series]
     kind: str = "line"  # "line" (points joined), "scatter" (points only), "bar" (x = bin centres)
     x_log: bool = False  # log-scale x axis (used for FLOPs)
+    legend_title: str = ""  # heads the legend: what the series notes are
 
 
 @dataclass
@@ -167,7 +173,7 @@ def write_figure(chart: Chart, path: Path) -> Path:
             continue
         xs, ys, errors = (list(column) for column in zip(*drawable))
         yerr = errors if series.yerr is not None else None
-        style = {"label": series.label, "color": f"C{index}"}
+        style = {"label": series.legend_label, "color": f"C{index}"}
         if chart.kind == "bar":
             # Bars of a bin sit side by side; widths are set in drawing units so log axes work too.
             bar_width = spacing * 0.8 / len(points)
@@ -181,7 +187,7 @@ def write_figure(chart: Chart, path: Path) -> Path:
     if not any(points):
         axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
     elif any(series.label for series in chart.series):
-        axes.legend()
+        axes.legend(title=chart.legend_title or None)
     axes.set_title(chart.title)
     axes.set_xlabel(chart.x_label)
     axes.set_ylabel(chart.y_label)
@@ -367,8 +373,9 @@ def _legend(chart: Chart) -> Segments:
     # A lone bar series has no markers on its bars, so its legend shows the bar itself.
     lone_bars = chart.kind == "bar" and len(chart.series) == 1
     symbols = ["█"] if lone_bars else [MARKERS[index % len(MARKERS)] for index in range(len(chart.series))]
-    return [(("  " if index else "") + f"{symbol} {series.label}", index)
-            for index, (symbol, series) in enumerate(zip(symbols, chart.series))]
+    title: Segments = [(f"{chart.legend_title}: ", None)] if chart.legend_title else []
+    return title + [(("  " if index else "") + f"{symbol} {series.legend_label}", index)
+                    for index, (symbol, series) in enumerate(zip(symbols, chart.series))]
 
 
 def _no_data_box(width: int, rows: int) -> list[str]:

@@ -186,6 +186,34 @@ def test_svg_figure_is_xml_and_the_same_each_time(tmp_path, kind):
     assert first.read_bytes() == second.read_bytes()
 
 
+def noted_samplers() -> Chart:
+    noted = [dataclasses.replace(series, note=note) for series, note in zip(two_samplers().series,
+                                                                            ("0.30, 1.00", "0.61, 2.03"))]
+    return dataclasses.replace(chart(*noted, kind="scatter"), legend_title="[FLOPs / full run]")
+
+
+def test_series_notes_are_a_legend_column_of_the_text_chart():
+    legend = render_text(noted_samplers(), 100, 20).split("\n")[-1]
+    assert legend == f"[FLOPs / full run]: {MARKERS[0]} uniform [0.30, 1.00]  {MARKERS[1]} p-sgd [0.61, 2.03]"
+    assert render_text(two_samplers(), 100, 20).split("\n")[-1] == f"{MARKERS[0]} uniform  {MARKERS[1]} p-sgd"
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".png"])
+def test_series_notes_are_a_legend_column_of_the_figure(tmp_path, suffix, monkeypatch):
+    # Texts of the legend as matplotlib lays it out, read back from the figure being saved.
+    from matplotlib.figure import Figure
+
+    legends = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda figure, *args, **kwargs: (
+        legends.append(figure.axes[0].get_legend()), save(figure, *args, **kwargs))[1])
+    path = write_figure(noted_samplers(), tmp_path / f"figure{suffix}")
+    assert path.stat().st_size > 0
+    (legend,) = legends
+    assert legend.get_title().get_text() == "[FLOPs / full run]"
+    assert [text.get_text() for text in legend.get_texts()] == ["uniform [0.30, 1.00]", "p-sgd [0.61, 2.03]"]
+
+
 def test_figure_of_nothing_is_still_written(tmp_path):
     assert write_figure(DEGENERATE["no series"], tmp_path / "empty.png").stat().st_size > 0
 
