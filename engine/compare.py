@@ -1,5 +1,9 @@
-"""Compare runs of the history: pivot tables (mean +- std over seeds, deltas against a
-baseline, Welch's t-test), their exports, and the series behind the compare charts.
+"""Compare runs of the history: pivot tables (mean +- std over distinct seeds, deltas against
+a baseline, Welch's t-test), their exports, and the series behind the compare charts.
+
+Runs are deterministic, so a rerun of a config with the same seed is a copy, not evidence:
+each (config, seed) counts once, as its latest finished run, and the outputs say how many
+copies were folded.
 
 Must not import torch, numpy or scipy at module level: the CLI and the TUI import this.
 """
@@ -7,12 +11,13 @@ Must not import torch, numpy or scipy at module level: the CLI and the TUI impor
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from engine.config import AUGMENTATIONS, SAMPLERS, RunConfig, field_types
 from engine.errors import BadInput, NotFound
@@ -23,6 +28,7 @@ from engine.plots import Chart, Series
 FORMATS = ("table", "csv", "md", "latex", "json")
 ALPHA = 0.05
 TEST_NAME = "Welch's t-test (two-sided, unequal variances)"
+FOLDED_MARK = "†"  # after a cell that had copies (same config and seed) folded
 DEFAULT_BASELINE = {"sampler": "unif-sgd", "augmentation": "standard"}
 DEFAULT_REFERENCE = {"sampler": "unif-sgd", "augmentation": "standard", "budget": 1.0}
 ALWAYS_NAMED = ("dataset", "model", "epochs")  # named under the table even when at their default
@@ -31,12 +37,29 @@ IGNORED_FIELDS = ("seed",)  # seeds are what a cell averages over
 EXECUTION_FIELDS = ("device", "threads", "compile", "download", "data_path")
 
 
+def flops_budget_used(record: dict[str, Any]) -> float | None:
+    """Training FLOPs over those of the nominal full-budget unif-sgd run of the same config,
+    3 x forward FLOPs x nominal steps x batch size, for runs whose summary predates the key.
+    The stored summary leaves out the plan; its nominal steps are steps / budget_used then."""
+    summary = record["summary"]
+    flops, forward = summary.get("flops_train"), summary.get("flops_forward_per_sample")
+    nominal = (summary.get("plan") or {}).get("nominal_steps")
+    if nominal is None and summary.get("budget_used") and summary.get("steps"):
+        nominal = round(summary["steps"] / summary["budget_used"])
+    batch = record["config"].get("batch_size")
+    if flops is None or not forward or not nominal or not batch:
+        return None
+    return flops / (3 * forward * nominal * batch)
+
+
 @dataclass(frozen=True)
 class Metric:
     label: str
     percent: bool = False  # stored as a fraction, shown (and exported) in %
     digits: int = 2  # decimals shown in tables
     from_curve: bool = False  # older runs keep it only in metrics.jsonl (last epoch)
+    # Computes the value of older runs that lack it from the rest of their record.
+    fallback: Callable[[dict[str, Any]], float | None] | None = None
 
 
 METRICS: dict[str, Metric] = {
@@ -52,6 +75,8 @@ METRICS: dict[str, Metric] = {
     "samples_forwarded": Metric("samples forwarded", digits=0),
     "flops_train": Metric("training FLOPs", digits=0),
     "budget_used": Metric("fraction of the nominal steps", digits=3),
+    "flops_budget_used": Metric("training FLOPs / those of the full-budget unif-sgd run", digits=3,
+                                fallback=flops_budget_used),
     "usage_entropy": Metric("usage entropy H(c) (nats)", digits=3, from_curve=True),
     "distinct_seen": Metric("distinct samples seen", digits=0, from_curve=True),
 }
@@ -61,10 +86,11 @@ DEFAULT_METRIC = "final_test_acc"
 # --- statistics
 @dataclass
 class Cell:
-    values: list[float]
+    values: list[float]  # one per distinct seed
     run_ids: list[int]
     mean: float
     std: float | None  # sample standard deviation (n - 1); None for a single seed
+    duplicates: int = 0  # runs repeating a seed of this cell, folded into its latest finished run
     delta: float | None = None  # mean - the baseline cell's mean
     p_value: float | None = None
     is_baseline: bool = False
@@ -144,6 +170,8 @@ def metric_value(record: dict[str, Any], metric: str) -> float | None:
     """The metric of one run in its display unit; None when the run lacks it."""
     spec = METRICS[metric]
     value = record["summary"].get(metric)
+    if value is None and spec.fallback is not None:
+        value = spec.fallback(record)
     if value is None and spec.from_curve:
         curve = load_metrics(record)
         value = curve[-1].get(metric) if curve else None
@@ -168,18 +196,64 @@ def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+@functools.cache
+def _default_config() -> dict[str, Any]:
+    return RunConfig().to_dict()
+
+
+def full_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the fields added since it was recorded at their defaults, so a
+    run from before a new field groups with the runs after it."""
+    return {**_default_config(), **config}
+
+
 def group_key(config: dict[str, Any]) -> tuple:
     """What makes runs seeds of one experiment: the whole config except the seed (and how it
     executed)."""
     skip = (*IGNORED_FIELDS, *EXECUTION_FIELDS)
-    return tuple(sorted((key, _hashable(value)) for key, value in config.items() if key not in skip))
+    return tuple(sorted((key, _hashable(value)) for key, value in full_config(config).items() if key not in skip))
+
+
+@dataclass
+class SeedGroup:
+    """The runs of one experiment (config minus seed): one per distinct seed."""
+
+    by_seed: dict[Any, dict[str, Any]] = field(default_factory=dict)  # seed -> its latest finished run
+    duplicates: int = 0  # runs of a seed already present, folded into the latest one
+
+    def runs(self) -> list[dict[str, Any]]:
+        return [self.by_seed[seed] for seed in sorted(self.by_seed)]
+
+
+def _finish_order(record: dict[str, Any]) -> tuple:
+    return (record.get("finished_at") or "", record["id"])
+
+
+def seed_groups(runs: Iterable[dict[str, Any]]) -> dict[tuple, SeedGroup]:
+    """Runs grouped by group_key, each seed counted once: as its latest finished run."""
+    groups: dict[tuple, SeedGroup] = {}
+    for record in runs:
+        group = groups.setdefault(group_key(record["config"]), SeedGroup())
+        seed = record["config"].get("seed", 0)
+        kept = group.by_seed.get(seed)
+        if kept is not None:
+            group.duplicates += 1
+            if _finish_order(kept) > _finish_order(record):
+                continue
+        group.by_seed[seed] = record
+    return groups
+
+
+def distinct_runs(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs with each (config, seed) kept once, as its latest finished run."""
+    return [record for group in seed_groups(runs).values() for record in group.runs()]
 
 
 def varying_fields(records: list[dict[str, Any]]) -> list[str]:
     """Config fields (seed and execution aside) that take more than one value, in config order."""
     seen: dict[str, set] = {}
     for record in records:
-        for key, value in record["config"].items():
+        for key, value in full_config(record["config"]).items():
             seen.setdefault(key, set()).add(_hashable(value))
     skip = (*IGNORED_FIELDS, *EXECUTION_FIELDS)
     return [key for key in field_types() if len(seen.get(key, ())) > 1 and key not in skip]
@@ -231,6 +305,10 @@ class Pivot:
         sizes = {cell.n for cell in self.cells.values()}
         return sizes.pop() if len(sizes) == 1 else None
 
+    @property
+    def duplicates(self) -> int:
+        return sum(cell.duplicates for cell in self.cells.values())
+
     def number(self, value: float | None) -> str:
         return "" if value is None else f"{value:.{METRICS[self.metric].digits}f}"
 
@@ -252,7 +330,7 @@ class Pivot:
             text += " base"
         elif cell.delta is not None:
             text += f" {self.signed(cell.delta)}{'*' if cell.significant else ''}"
-        return text
+        return text + (f" {FOLDED_MARK}" if cell.duplicates else "")
 
     def reference_text(self, row_key: tuple, col_key: tuple) -> str:
         cell = self.cell(row_key, col_key)
@@ -269,6 +347,10 @@ class Pivot:
             f"delta: against {describe(self.baseline)} with the other fields equal",
             f"*: {TEST_NAME} p < {ALPHA}; not tested where a cell has under 2 seeds",
         ]
+        if self.duplicates:
+            cells = sum(1 for cell in self.cells.values() if cell.duplicates)
+            lines.append(f"{FOLDED_MARK}: n counts distinct seeds; {self.duplicates} run(s) repeating a config and "
+                         f"seed folded into the latest finished copy, in {cells} cell(s)")
         if self.added_fields:
             lines.append(f"rows also split by {', '.join(self.added_fields)}: these differ between the runs")
         if self.constant:
@@ -287,7 +369,8 @@ class Pivot:
                 rows.append({
                     **dict(zip(self.row_fields, row_key)),
                     **dict(zip(self.col_fields, col_key)),
-                    "metric": self.metric, "n": cell.n, "mean": cell.mean, "std": cell.std,
+                    "metric": self.metric, "n": cell.n, "duplicates": cell.duplicates,
+                    "mean": cell.mean, "std": cell.std,
                     "is_baseline": cell.is_baseline, "delta": cell.delta, "p_value": cell.p_value,
                     "significant": cell.significant, "delta_reference": cell.delta_reference,
                     "p_value_reference": cell.p_value_reference,
@@ -310,7 +393,8 @@ def build_pivot(
     reference: dict[str, Any] | None = None,
 ) -> Pivot:
     """Seeds grouped by config-minus-seed, one cell per group, every group its own cell:
-    fields that differ between runs but are neither rows nor columns are added to the rows."""
+    fields that differ between runs but are neither rows nor columns are added to the rows.
+    A cell holds one value per distinct seed (see seed_groups)."""
     rows, cols = list(rows), list(cols)
     check_metric(metric)
     check_fields([*rows, *cols], "--rows/--cols")
@@ -330,22 +414,19 @@ def build_pivot(
     row_fields = rows + added
     shown = set(row_fields) | set(cols)
     defaults = RunConfig().to_dict()
-    constant = {key: value for key, value in runs[0]["config"].items()
+    constant = {key: value for key, value in full_config(runs[0]["config"]).items()
                 if key not in varying and key not in shown and key not in IGNORED_FIELDS
                 and key not in EXECUTION_FIELDS and (key in ALWAYS_NAMED or value != defaults.get(key))}
 
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for record in runs:
-        groups.setdefault(group_key(record["config"]), []).append(record)
-
     cells: dict[tuple[tuple, tuple], Cell] = {}
     cell_of_group: dict[tuple, Cell] = {}
-    for key, members in groups.items():
-        members.sort(key=lambda record: (record["config"].get("seed", 0), record["id"]))
+    for key, group in seed_groups(runs).items():
+        members = group.runs()
         values = [value_of[record["id"]] for record in members]
         mean, std = mean_and_std(values)
-        cell = Cell(values=values, run_ids=[record["id"] for record in members], mean=mean, std=std)
-        config = members[0]["config"]
+        cell = Cell(values=values, run_ids=[record["id"] for record in members], mean=mean, std=std,
+                    duplicates=group.duplicates)
+        config = full_config(members[0]["config"])
         position = (tuple(_hashable(config.get(name)) for name in row_fields),
                     tuple(_hashable(config.get(name)) for name in cols))
         cells[position] = cell
@@ -428,7 +509,7 @@ def render_latex(pivot: Pivot) -> str:
         if cell.delta is not None:
             delta = pivot.signed(cell.delta)
             text += rf" (\textbf{{{delta}}})" if cell.significant else f" ({delta})"
-        return text
+        return text + (r"$^\dagger$" if cell.duplicates else "")
 
     header, body = _grid(pivot, cell_tex)
     lines = [
@@ -440,7 +521,7 @@ def render_latex(pivot: Pivot) -> str:
     return "\n".join([*lines, *(f"% {_latex_escape(note)}" for note in pivot.notes)]) + "\n"
 
 
-CSV_VALUE_COLUMNS = ("metric", "n", "mean", "std", "is_baseline", "delta", "p_value", "significant",
+CSV_VALUE_COLUMNS = ("metric", "n", "duplicates", "mean", "std", "is_baseline", "delta", "p_value", "significant",
                      "delta_reference", "p_value_reference", "significant_reference", "run_ids")
 
 
@@ -476,7 +557,8 @@ def _series_groups(runs: list[dict[str, Any]], exclude: Iterable[str]) -> dict[t
     names = [name for name in varying_fields(runs) if name not in exclude]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for record in runs:
-        groups.setdefault(tuple(_hashable(record["config"].get(name)) for name in names), []).append(record)
+        config = full_config(record["config"])
+        groups.setdefault(tuple(_hashable(config.get(name)) for name in names), []).append(record)
     return dict(sorted(groups.items(), key=lambda item: tuple(
         _sort_value(name, value) for name, value in zip(names, item[0]))))
 
@@ -485,28 +567,31 @@ def _label(values: tuple) -> str:
     return " / ".join(format_value(value) for value in values) or "all runs"
 
 
-def _points(label: str, runs: list[dict[str, Any]], x_of, y_metric: str) -> Series:
-    """Mean and std over seeds of y at each distinct x-group (the config minus seed)."""
-    cells: dict[tuple, list[dict[str, Any]]] = {}
-    for record in runs:
-        cells.setdefault(group_key(record["config"]), []).append(record)
+def _present(values: Iterable[float | None]) -> list[float]:
+    return [value for value in values if value is not None]
+
+
+def _points(label: str, runs: list[dict[str, Any]], x_of, y_metric: str, note_metric: str | None = None) -> Series:
+    """Mean and std over seeds of y at each distinct x-group (the config minus seed); the
+    note lists the mean of `note_metric` at each point, left to right."""
     points = []
-    for members in cells.values():
-        ys = [metric_value(record, y_metric) for record in members]
-        ys = [value for value in ys if value is not None]
-        xs = [x_of(record) for record in members]
-        xs = [value for value in xs if value is not None]
+    for group in seed_groups(runs).values():
+        members = group.runs()
+        ys = _present(metric_value(record, y_metric) for record in members)
+        xs = _present(x_of(record) for record in members)
         if ys and xs:
-            points.append((math.fsum(xs) / len(xs), *mean_and_std(ys)))
-    points.sort()
-    return Series(label, [p[0] for p in points], [p[1] for p in points], [p[2] or 0.0 for p in points])
+            notes = _present(metric_value(record, note_metric) for record in members) if note_metric else []
+            points.append((math.fsum(xs) / len(xs), *mean_and_std(ys), math.fsum(notes) / len(notes) if notes else None))
+    points.sort(key=lambda point: point[0])
+    note = ", ".join("?" if point[3] is None else f"{point[3]:.2f}" for point in points) if note_metric else ""
+    return Series(label, [p[0] for p in points], [p[1] for p in points], [p[2] or 0.0 for p in points], note=note)
 
 
 def budget_chart(records: Iterable[dict[str, Any]], metric: str = DEFAULT_METRIC) -> Chart:
     """Accuracy (or any metric) against budget: one line per sampler (and per any other field
     that differs), error bars = std over seeds."""
     check_metric(metric)
-    runs = finished_runs(records)
+    runs = distinct_runs(finished_runs(records))
     groups = _series_groups(runs, exclude=("budget",))
     series = [_points(_label(values), members, lambda record: record["config"]["budget"], metric)
               for values, members in groups.items()]
@@ -514,6 +599,7 @@ def budget_chart(records: Iterable[dict[str, Any]], metric: str = DEFAULT_METRIC
                  y_label=METRICS[metric].label, series=series)
 
 
+FLOP_BUDGET_LEGEND = "[FLOPs / full-budget unif-sgd run]"
 COSTS = {"flops_train": "training FLOPs (incl. scoring forwards)", "time_total_s": "wall time (s)",
          "samples_forwarded": "samples forwarded"}
 
@@ -521,16 +607,19 @@ COSTS = {"flops_train": "training FLOPs (incl. scoring forwards)", "time_total_s
 def frontier_chart(records: Iterable[dict[str, Any]], metric: str = DEFAULT_METRIC,
                    cost: str = "flops_train") -> Chart:
     """Accuracy against the compute a run really spent, so samplers with extra forward passes
-    are not flattered by an iteration budget: one point per budget, one series per sampler."""
+    are not flattered by an iteration budget: one point per budget, one series per sampler.
+    The legend gives each point's FLOP budget used (FLOPs over the full-budget unif-sgd run's)."""
     check_metric(metric)
     if cost not in COSTS:
         raise BadInput(f"unknown cost {cost!r}; choose one of: {', '.join(COSTS)}")
-    runs = finished_runs(records)
+    runs = distinct_runs(finished_runs(records))
     groups = _series_groups(runs, exclude=("budget",))
-    series = [_points(_label(values), members, lambda record: record["summary"].get(cost), metric)
+    series = [_points(_label(values), members, lambda record: record["summary"].get(cost), metric,
+                      note_metric="flops_budget_used")
               for values, members in groups.items()]
     return Chart(title=f"{METRICS[metric].label} against compute", x_label=COSTS[cost],
-                 y_label=METRICS[metric].label, series=series, kind="scatter", x_log=cost == "flops_train")
+                 y_label=METRICS[metric].label, series=series, kind="scatter", x_log=cost == "flops_train",
+                 legend_title=FLOP_BUDGET_LEGEND)
 
 
 CURVE_AXES = {"step": "optimiser steps", "samples_forwarded": "samples forwarded", "epoch": "epoch"}
@@ -540,7 +629,7 @@ def learning_curve_chart(records: Iterable[dict[str, Any]], x: str = "step") -> 
     """Test accuracy per epoch against steps (or samples forwarded), averaged over seeds."""
     if x not in CURVE_AXES:
         raise BadInput(f"unknown curve axis {x!r}; choose one of: {', '.join(CURVE_AXES)}")
-    runs = finished_runs(records)
+    runs = distinct_runs(finished_runs(records))
     groups = _series_groups(runs, exclude=())
     series = []
     for values, members in groups.items():
@@ -562,7 +651,7 @@ def usage_chart(records: Iterable[dict[str, Any]], bins: int = 12) -> Chart:
     (share of samples per count bin), averaged over seeds, one series per group."""
     import numpy  # only here: usage counts are arrays saved by the engine
 
-    runs = finished_runs(records)
+    runs = distinct_runs(finished_runs(records))
     groups = _series_groups(runs, exclude=())
     loaded: dict[tuple, list] = {}
     for values, members in groups.items():

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from engine import compare
 from engine.config import RunConfig
 from engine.errors import BadInput, NotFound
+from engine.plots import render_text
 from engine.runs import new_record
 from engine.store import Store
 from tui_app.cli import app
@@ -163,6 +164,121 @@ def test_budget_and_frontier_charts_hold_the_means_and_the_cost():
     assert frontier.x_log and frontier.kind == "scatter"
 
 
+# --- distinct seeds: a rerun of a config and seed is a copy, not another observation
+def copies_of_two_seeds():
+    """unif-sgd and p-sgd at b=0.3, seeds 0 and 1, each run twice (the second time later)."""
+    values = {"unif-sgd": (0.90, 0.94), "p-sgd": (0.80, 0.81)}
+    runs = []
+    for copy in range(2):
+        for sampler, accuracies in values.items():
+            for seed, accuracy in enumerate(accuracies):
+                record = make_run(len(runs) + 1, sampler, 0.3, seed, accuracy)
+                record["finished_at"] = f"2026-01-0{copy + 1}T00:00:00+00:00"
+                runs.append(record)
+    return runs
+
+
+def test_copies_of_a_seed_count_once():
+    pivot = compare.build_pivot(copies_of_two_seeds(), cols=["budget"])
+    uniform, importance = pivot.cell(("unif-sgd",), (0.3,)), pivot.cell(("p-sgd",), (0.3,))
+    assert uniform.n == 2
+    assert uniform.std == pytest.approx(math.sqrt(8.0))  # of the two distinct values, not of four
+    assert uniform.values == pytest.approx([90.0, 94.0]) and uniform.duplicates == 2
+    assert importance.p_value == pytest.approx(
+        stats.ttest_ind([80, 81], [90, 94], equal_var=False).pvalue, rel=1e-9)  # Welch on the folded data
+    assert importance.run_ids == [7, 8]  # the later copies
+
+
+def test_the_latest_finished_copy_counts():
+    runs = copies_of_two_seeds()
+    late_first_copy = runs[0]  # unif-sgd seed 0, the lowest id
+    late_first_copy["summary"]["final_test_acc"] = 0.70
+    late_first_copy["finished_at"] = "2026-02-01T00:00:00+00:00"
+    cell = compare.build_pivot(runs, cols=["budget"]).cell(("unif-sgd",), (0.3,))
+    assert cell.run_ids == [1, 6] and cell.values == pytest.approx([70.0, 94.0])
+    for record in runs:  # the same finishing time: the later run (higher id) wins
+        record["finished_at"] = None
+    cell = compare.build_pivot(runs, cols=["budget"]).cell(("unif-sgd",), (0.3,))
+    assert cell.run_ids == [5, 6] and cell.values == pytest.approx([90.0, 94.0])
+
+
+def test_every_format_says_how_many_copies_were_folded():
+    pivot = compare.build_pivot(copies_of_two_seeds(), cols=["budget"])
+    cells = json.loads(compare.render(pivot, "json"))["cells"]
+    assert [(cell["sampler"], cell["n"], cell["duplicates"]) for cell in cells] == [
+        ("unif-sgd", 2, 2), ("p-sgd", 2, 2)]
+    parsed_csv = list(csv.DictReader(io.StringIO(compare.render(pivot, "csv"))))
+    assert [(row["n"], row["duplicates"]) for row in parsed_csv] == [("2", "2"), ("2", "2")]
+    note = "n counts distinct seeds; 4 run(s) repeating a config and seed folded into the latest finished copy"
+    for fmt in ("table", "md", "latex"):
+        assert note in compare.render(pivot, fmt), fmt
+    assert "92.00±2.83 base †" in compare.render(pivot, "table")
+    assert r"$92.00 \pm 2.83$$^\dagger$" in compare.render(pivot, "latex")
+    clean = compare.build_pivot(fixture_runs(), cols=["budget"])
+    assert "folded" not in compare.render(clean, "table") and "†" not in compare.render(clean, "table")
+    assert {cell["duplicates"] for cell in json.loads(compare.render(clean, "json"))["cells"]} == {0}
+
+
+def test_charts_count_a_copied_seed_once():
+    series = {line.label: line for line in compare.budget_chart(copies_of_two_seeds()).series}
+    assert series["unif-sgd"].y == pytest.approx([92.0])
+    assert series["unif-sgd"].yerr == pytest.approx([math.sqrt(8.0)])
+
+
+def test_a_run_recorded_before_a_config_field_existed_groups_with_later_runs():
+    old, new = make_run(1, "unif-sgd", 0.3, 0, 0.90), make_run(2, "unif-sgd", 0.3, 1, 0.94)
+    del old["config"]["randaugment_scale_pixels"]  # recorded before the field was added
+    pivot = compare.build_pivot([old, new], cols=["budget"])
+    assert pivot.cell(("unif-sgd",), (0.3,)).run_ids == [1, 2]
+    assert pivot.added_fields == []
+
+
+# --- FLOP-matched comparison
+def flops_run(run_id, sampler, budget, seed, scoring_share, *, stored_key=True, plan=False):
+    """A run of 200 nominal steps of 128 samples at 1,000 forward FLOPs per sample that
+    backpropagated budget x nominal samples and forwarded scoring_share x as many to score."""
+    record = make_run(run_id, sampler, budget, seed, 0.9)
+    steps = round(200 * budget)
+    flops = 3_000 * steps * 128 + 1_000 * scoring_share * steps * 128
+    summary = {"final_test_acc": 0.9, "steps": steps, "budget_used": steps / 200, "flops_train": flops,
+               "flops_forward_per_sample": 1_000, "time_total_s": 10 * budget}
+    if stored_key:
+        summary["flops_budget_used"] = flops / (3_000 * 200 * 128)
+    if plan:
+        summary["plan"] = {"nominal_steps": 200}
+    record["summary"] = summary
+    return record
+
+
+@pytest.mark.parametrize("stored_key, plan", [(True, False), (False, True), (False, False)])
+def test_flops_budget_used_is_a_metric_also_for_runs_without_the_key(stored_key, plan):
+    runs = [flops_run(1, "unif-sgd", 0.3, 0, 0.0, stored_key=stored_key, plan=plan),
+            flops_run(2, "ub", 0.3, 0, 3.0, stored_key=stored_key, plan=plan),
+            flops_run(3, "unif-sgd", 1.0, 0, 0.0, stored_key=stored_key, plan=plan)]
+    pivot = compare.build_pivot(runs, cols=["budget"], metric="flops_budget_used")
+    assert pivot.cell(("unif-sgd",), (0.3,)).mean == pytest.approx(0.3)
+    assert pivot.cell(("ub",), (0.3,)).mean == pytest.approx(0.6)  # 3 scoring forwards = 1 backprop
+    assert pivot.cell(("unif-sgd",), (1.0,)).mean == pytest.approx(1.0)
+    lacking = flops_run(4, "unif-sgd", 0.3, 0, 0.0, stored_key=False)
+    del lacking["summary"]["flops_forward_per_sample"]
+    assert compare.metric_value(lacking, "flops_budget_used") is None
+
+
+def test_frontier_legend_gives_each_points_flop_budget_used():
+    runs = [flops_run(index + 1, sampler, budget, seed, share)
+            for index, (sampler, share, budget, seed) in enumerate(
+                (sampler, share, budget, seed) for sampler, share in (("unif-sgd", 0.0), ("ub", 3.0))
+                for budget in (1.0, 0.3) for seed in (0, 1))]
+    chart = compare.frontier_chart(runs)
+    assert chart.legend_title == "[FLOPs / full-budget unif-sgd run]"
+    assert {series.label: series.note for series in chart.series} == {"unif-sgd": "0.30, 1.00",
+                                                                       "ub": "0.60, 2.00"}
+    legend = render_text(chart, 100, 20).split("\n")[-1]
+    assert "● unif-sgd [0.30, 1.00]" in legend and "■ ub [0.60, 2.00]" in legend
+    time_chart = compare.build_chart("frontier-time", runs)
+    assert [series.note for series in time_chart.series] == ["0.30, 1.00", "0.60, 2.00"]
+
+
 def test_learning_curves_and_usage_read_the_run_folders(tmp_path):
     runs = []
     for seed, offset in enumerate([0.0, 0.02]):
@@ -225,3 +341,44 @@ def test_cli_compare_writes_png_and_svg_and_refuses_other_files(tmp_path):
     assert result.exit_code == 2 and not gif.exists()
     terminal = runner.invoke(app, ["compare", "--home", str(home), "--chart", "budget"])
     assert terminal.exit_code == 0 and "against budget" in terminal.stdout
+
+
+def _home_with(tmp_path, records):
+    home = tmp_path / "home"
+    for record in records:
+        record.pop("id")
+    Store(home / "history.json").add_runs(records)
+    return home
+
+
+def test_cli_compare_counts_two_copies_of_two_seeds_as_n_2(tmp_path):
+    home = _home_with(tmp_path, copies_of_two_seeds())
+    result = runner.invoke(app, ["compare", "--home", str(home), "--cols", "budget", "--json"])
+    assert result.exit_code == 0, result.output
+    cells = {cell["sampler"]: cell for cell in json.loads(result.stdout)["cells"]}
+    assert cells["unif-sgd"]["n"] == 2 and cells["unif-sgd"]["std"] == pytest.approx(math.sqrt(8.0))
+    assert cells["unif-sgd"]["duplicates"] == 2
+    table = runner.invoke(app, ["compare", "--home", str(home), "--cols", "budget"])
+    assert table.exit_code == 0 and "92.00±2.83 base †" in table.stdout
+    assert "4 run(s) repeating a config and seed folded" in table.stdout
+
+
+def test_cli_compare_flops_budget_used_metric_and_frontier_legend(tmp_path):
+    runs = [flops_run(index + 1, sampler, budget, 0, share)
+            for index, (sampler, share, budget) in enumerate(
+                (sampler, share, budget) for sampler, share in (("unif-sgd", 0.0), ("ub", 3.0)) for budget in (0.3, 1.0))]
+    for record in runs[::2]:  # runs recorded before the key existed
+        del record["summary"]["flops_budget_used"]
+    home = _home_with(tmp_path, runs)
+    result = runner.invoke(app, ["compare", "--home", str(home), "--cols", "budget", "--metric",
+                                 "flops_budget_used", "--json"])
+    assert result.exit_code == 0, result.output
+    assert {(cell["sampler"], cell["budget"]): round(cell["mean"], 9) for cell in json.loads(result.stdout)["cells"]} == {
+        ("unif-sgd", 0.3): 0.3, ("unif-sgd", 1.0): 1.0, ("ub", 0.3): 0.6, ("ub", 1.0): 2.0}
+    chart = runner.invoke(app, ["compare", "--home", str(home), "--cols", "budget", "--chart", "frontier"],
+                          env={"COLUMNS": "120"})  # the chart is as wide as the terminal
+    assert chart.exit_code == 0, chart.output
+    assert "[FLOPs / full-budget unif-sgd run]: ● unif-sgd [0.30, 1.00]  ■ ub [0.60, 2.00]" in chart.stdout
+    svg = tmp_path / "frontier.svg"
+    written = runner.invoke(app, ["compare", "--home", str(home), "--chart", "frontier", "--plot", str(svg)])
+    assert written.exit_code == 0 and "<svg" in svg.read_text()

@@ -446,7 +446,7 @@ def compare(
     rows: Annotated[str, typer.Option("--rows", help="Config fields down the side, comma-separated.")] = "sampler",
     cols: Annotated[str, typer.Option("--cols", help="Config fields across the top, comma-separated.")] = "augmentation,budget",
     metric: Annotated[str, typer.Option("--metric", help="Cell value: final_test_acc, best_test_acc, "
-                                         "time_total_s, images_per_s, flops_train, usage_entropy, ...")] = "final_test_acc",
+                                         "time_total_s, images_per_s, flops_train, flops_budget_used, usage_entropy, ...")] = "final_test_acc",
     baseline: Annotated[Optional[str], typer.Option(
         "--baseline", help="Delta against this cell, k=v,k=v (default sampler=unif-sgd,augmentation=standard).")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, csv, md, latex or json.")] = "table",
