@@ -251,12 +251,16 @@ def distinct_runs(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def varying_fields(records: list[dict[str, Any]]) -> list[str]:
     """Config fields (seed and execution aside) that take more than one value, in config order."""
+    return _varying({group_key(record["config"]) for record in records})
+
+
+def _varying(group_keys: Iterable[tuple]) -> list[str]:
+    """varying_fields from the distinct group keys: far fewer than the runs, same fields."""
     seen: dict[str, set] = {}
-    for record in records:
-        for key, value in full_config(record["config"]).items():
-            seen.setdefault(key, set()).add(_hashable(value))
-    skip = (*IGNORED_FIELDS, *EXECUTION_FIELDS)
-    return [key for key in field_types() if len(seen.get(key, ())) > 1 and key not in skip]
+    for key in group_keys:
+        for name, value in key:
+            seen.setdefault(name, set()).add(value)
+    return [name for name in field_types() if len(seen.get(name, ())) > 1]
 
 
 def _sort_value(name: str, value: Any) -> tuple:
@@ -409,18 +413,19 @@ def build_pivot(
     runs = [record for record in finished if value_of[record["id"]] is not None]
     if not runs:
         raise NotFound(f"no finished run has the metric {metric!r}")
-    varying = varying_fields(runs)
+    groups = seed_groups(runs)
+    varying = _varying(groups)
     added = [name for name in varying if name not in rows and name not in cols]
     row_fields = rows + added
     shown = set(row_fields) | set(cols)
-    defaults = RunConfig().to_dict()
+    defaults = _default_config()
     constant = {key: value for key, value in full_config(runs[0]["config"]).items()
                 if key not in varying and key not in shown and key not in IGNORED_FIELDS
                 and key not in EXECUTION_FIELDS and (key in ALWAYS_NAMED or value != defaults.get(key))}
 
     cells: dict[tuple[tuple, tuple], Cell] = {}
     cell_of_group: dict[tuple, Cell] = {}
-    for key, group in seed_groups(runs).items():
+    for key, group in groups.items():
         members = group.runs()
         values = [value_of[record["id"]] for record in members]
         mean, std = mean_and_std(values)
