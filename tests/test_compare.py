@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from engine import compare
 from engine.config import RunConfig
 from engine.errors import BadInput, NotFound
-from engine.runs import new_record
+from engine.records import new_record
 from engine.store import Store
 from tui_app.cli import app
 

@@ -71,7 +71,7 @@ def test_an_old_history_file_keeps_loading(tmp_path):
 def _writer(path: str, worker: int, count: int) -> None:
     store = Store(Path(path))
     for index in range(count):
-        (run_id,) = store.add_runs([{"worker": worker, "index": index, "state": "queued"}])
+        (run_id,) = store.add_runs([{"writer": worker, "index": index, "state": "queued"}])
         store.update_run(run_id, state="done")
 
 
@@ -91,7 +91,7 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
         assert process.exitcode == 0
     runs = Store(path).list_runs()
     assert len(runs) == 100 and reads > 0
-    assert sorted((run["worker"], run["index"]) for run in runs) == [(w, i) for w in range(4) for i in range(25)]
+    assert sorted((run["writer"], run["index"]) for run in runs) == [(w, i) for w in range(4) for i in range(25)]
     assert sorted(run["id"] for run in runs) == list(range(1, 101))
     assert all(run["state"] == "done" for run in runs)
 

@@ -22,8 +22,8 @@ from rich.console import Console
 
 from engine.config import RunConfig
 from engine.paths import LOG_NAME, METRICS_NAME, PROGRESS_NAME, TRACEBACK_NAME, history_path
-from engine.queue import process_identity
-from engine.runs import new_record
+from engine.processes import process_identity
+from engine.records import new_record
 from engine.store import Store
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
