@@ -50,7 +50,8 @@ class RunningRun(Protocol):
 
 
 class Executor(Protocol):
-    def start(self, record: dict[str, Any], slot: Slot) -> RunningRun: ...
+    def start(self, record: dict[str, Any], slot: Slot) -> RunningRun:
+        """Start the claimed run; a BudgetTuiError (the run then fails) if it cannot."""
 
 
 @dataclass
@@ -77,17 +78,20 @@ class LocalExecutor:
 
     def start(self, record: dict[str, Any], slot: Slot) -> LocalRun:
         folder = run_dir(self.home, record["id"])
-        folder.mkdir(parents=True, exist_ok=True)
         environment = dict(os.environ)
         if slot.gpu is not None:
             environment["CUDA_VISIBLE_DEVICES"] = slot.gpu
         command = [sys.executable, "-m", "engine.child", str(self.home), str(record["id"])]
         if self.data_root is not None:
             command += ["--data-root", str(self.data_root)]
-        with open(folder / LOG_NAME, "ab") as log:
-            log.write(f"--- {now()} start on {slot.label()}\n".encode())
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=environment, start_new_session=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / LOG_NAME, "ab") as log:
+                log.write(f"--- {now()} start on {slot.label()}\n".encode())
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           env=environment, start_new_session=True)
+        except OSError as error:
+            raise storage_error(error, "prepare the run folder", folder) from None
         return LocalRun(record["id"], process)
 
 
@@ -140,8 +144,8 @@ class Worker:
             claimed = True
             try:
                 self.running[slot] = self.executor.start(record, slot)
-            except OSError as error:  # its folder or log cannot be written: that run fails, the queue goes on
-                self._record_failure(record["id"], None, f"cannot start: {type(error).__name__}: {error}")
+            except BudgetTuiError as error:  # its folder or log cannot be written: that run fails, the queue goes on
+                self._record_failure(record["id"], None, f"cannot start: {error}")
         return claimed
 
     def _reap(self) -> None:

@@ -156,3 +156,33 @@ def test_history_cache_reads_an_old_layout_and_reports_damage(tmp_path):
     store.path.write_text("\n".join(lines))
     with pytest.raises(StoreCorrupted, match="history.json"):
         cache.runs()
+
+
+@pytest.mark.parametrize("damage", ["", " \n\t\n"], ids=["empty", "whitespace"])
+def test_an_empty_history_file_is_damage_and_the_backup_survives_every_write(tmp_path, damage):
+    store = Store(tmp_path / "history.json")
+    store.add_runs([{"state": "queued"}])
+    store.update_run(1, state="done")  # the backup now holds run 1 as queued
+    backup = (tmp_path / "history.json.bak").read_bytes()
+    (tmp_path / "history.json").write_text(damage)
+    with pytest.raises(StoreCorrupted, match="the file is empty") as raised:
+        store.list_runs()
+    assert str(tmp_path / "history.json.bak") in str(raised.value)
+    with pytest.raises(StoreCorrupted):
+        store.add_runs([{"state": "queued"}])
+    assert (tmp_path / "history.json").read_text() == damage
+    assert (tmp_path / "history.json.bak").read_bytes() == backup
+
+
+def test_history_cache_checks_the_shape_of_each_changed_run(tmp_path):
+    from engine.store import HistoryCache
+
+    store = Store(tmp_path / "history.json")
+    store.add_runs([{"state": "queued"}, {"state": "queued"}])
+    cache = HistoryCache(store)
+    cache.runs()
+    lines = store.path.read_text().split("\n")
+    lines[3] = '"2":{"state":"queued","priority":"high","id":2}'  # valid JSON, wrong field type
+    store.path.write_text("\n".join(lines))
+    with pytest.raises(StoreCorrupted, match="priority"):
+        cache.runs()
