@@ -115,6 +115,8 @@ class Worker:
         signal.signal(signal.SIGTERM, self._ask_to_stop)
         signal.signal(signal.SIGINT, self._ask_to_stop)
         registration = register_worker(self.home, self.slots)
+        print(f"worker {os.getpid()} on {', '.join(slot.label() for slot in self.slots)}; home {self.home}",
+              file=sys.stderr, flush=True)  # after registering: a home it cannot write is the only line
         try:
             queue.reconcile(self.store, resume=self.auto_resume)
             while not self.stopping:

@@ -416,7 +416,6 @@ def worker(
         pid, log = start_detached_worker(home_dir, gpus=gpus, once=once, auto_resume=auto_resume, data_root=data_root)
         typer.echo(f"worker started in the background: pid {pid}, log {log}")
         return
-    typer.echo(f"worker {os.getpid()} on {', '.join(slot.label() for slot in slots)}; home {home_dir}", err=True)
     Worker(home_dir, slots, LocalExecutor(home_dir, data_root), once=once, auto_resume=auto_resume).run()
 
 
