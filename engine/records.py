@@ -152,7 +152,7 @@ def check_history(data: Any) -> None:
 
 def check_record(run_id: str, record: Any) -> None:
     """Raise ValueError if one run record of a history file is not the shape the engine writes."""
-    if not run_id.isascii() or not run_id.isdigit():
+    if type(run_id) is not str or not run_id.isascii() or not run_id.isdigit():
         raise ValueError(f"run id {run_id!r} is not a number")
     if type(record) is not dict:
         raise ValueError(f"run {run_id} is {_json_type(record)}, not an object")
