@@ -1,8 +1,8 @@
 """`python -m engine.child HOME RUN_ID`: the process a worker starts for one queued run.
 
 It dies with its worker (Linux PR_SET_PDEATHSIG), turns SIGTERM into a clean
-"interrupted" record, and otherwise runs engine.runs.execute_run, which records the
-outcome itself. Events go to stdout, which the worker sends to <run dir>/log.txt.
+"interrupted" record, exits at once if its run was cancelled while it started, and
+otherwise runs engine.runs.execute_run, which records the outcome itself. Events go to stdout, which the worker sends to <run dir>/log.txt.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from engine.config import RunConfig
 from engine.errors import BudgetTuiError
 from engine.paths import history_path, resolve_data_root
+from engine.records import TransitionRefused
 from engine.runs import Interrupted, execute_run
 from engine.store import Store
 
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                     on_event=print_event)
     except Interrupted:
         return 143
+    except TransitionRefused as error:  # cancelled while this process started: nothing to do
+        print(f"not started: {error}", flush=True)
+        return 0
     except BudgetTuiError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code

@@ -25,3 +25,12 @@ class NotFound(BudgetTuiError):
 
 class DatasetFilesMissing(BadInput):
     """A dataset's files are not in the data root; the message names the directory and files."""
+
+
+class PathUnusable(BadInput):
+    """A home or file the user pointed at cannot be used: not a directory, no permission,
+    read-only. The message names the path."""
+
+
+class StorageFailed(BudgetTuiError):
+    """The file system refused a write it should have taken (full disk, I/O error)."""

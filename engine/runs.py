@@ -1,68 +1,29 @@
-"""Run records and their life cycle: create, execute in this process, record the outcome.
+"""Executing a run in this process and keeping its record true: started, done, failed.
 
-The CLI's `run` and (later) the worker's child both go through `execute_run`, so a run's
-record always ends in done, failed or interrupted with its summary or error kept.
-Imports the training engine (torch) only inside `execute_run`.
+The CLI's `run` and the worker's child both go through `execute_run`, so a run's record
+always ends in done, failed or interrupted with its summary or error kept -- or, if it
+was cancelled before it started, the run does not train at all. Imports the training
+engine (torch) only inside `execute_run`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import json
 import os
-import platform
-import subprocess
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from engine import __version__
 from engine.config import RunConfig
+from engine.errors import BadInput, BudgetTuiError
 from engine.paths import PROGRESS_NAME, TRACEBACK_NAME, run_dir
-from engine.store import Store
+from engine.processes import process_identity
+from engine.records import RunState
+from engine.store import Store, storage_error
 
 PROGRESS_MIN_INTERVAL_S = 1.0  # progress.json rewrites per run, at most this often
-CONFIG_NAME = "config.json"
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """The package version, plus the git commit when running from a checkout."""
-    source = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=source, capture_output=True,
-            text=True, timeout=5, check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()
-        return f"{__version__}+{commit}{'.dirty' if dirty else ''}"
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-
-
-def new_record(config: RunConfig, preset: str, *, state: str = "queued", priority: int = 0) -> dict[str, Any]:
-    return {
-        "preset": preset,
-        "config": config.to_dict(),
-        "state": state,
-        "priority": priority,
-        "created_at": now(),
-        "started_at": None,
-        "finished_at": None,
-        "progress": {},
-        "summary": None,
-        "outcome": None,
-        "provenance": {"version": code_version(), "host": platform.node(), "python": platform.python_version()},
-    }
+CONFIG_NAME = "config.json"  # the run's config, written when it first starts
 
 
 def execute_run(
@@ -75,45 +36,91 @@ def execute_run(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     data: Any = None,
 ) -> dict[str, Any]:
-    """Train run `run_id` in this process, keeping its record up to date; returns the summary.
+    """Train run `run_id` (recorded as running: claimed by a worker or inserted by `run`)
+    in this process, keeping its record up to date; returns the summary.
 
-    The record names this process (pid + start time) so a crash is detected; progress
-    goes to <run dir>/progress.json, not to the store (a small file, rewritten often).
-    A training error marks the run failed (message + traceback file) and is re-raised;
-    an interrupt (Ctrl-C, SIGTERM from a worker) marks it interrupted -- it resumes
-    from its last checkpoint. A cancel recorded meanwhile is never overwritten.
+    The record names this process (pid + start time) so a crash is detected -- unless the
+    run was cancelled meanwhile: then TransitionRefused, and nothing trains. Progress goes
+    to <run dir>/progress.json, not to the store. A failure, including one writing the run
+    folder (full disk), marks the run failed with its cause, removes half-written files
+    and is re-raised; an interrupt (Ctrl-C, SIGTERM from a worker) marks it interrupted --
+    it resumes from its last checkpoint. A cancel recorded meanwhile is never overwritten.
     """
-    from engine.queue import DONE, FAILED, INTERRUPTED, finish_if_running, process_identity
-    from engine.train.loop import train  # torch is imported only when a run really starts
+    from engine.queue import finish_if_running, record_start
 
     folder = run_dir(home, run_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
-    store.update_run(run_id, state="running", started_at=now(), run_dir=str(folder),
-                     process=process_identity(os.getpid()))
-    progress = ProgressWriter(folder / PROGRESS_NAME)
-
-    def handle(event: dict[str, Any]) -> None:
-        if on_event is not None:
-            on_event(event)
-        progress.update(event)
-
+    record_start(store, run_id, process_identity(os.getpid()), run_dir=str(folder))
     try:
+        prepare_run_folder(folder, config)
+        from engine.train.loop import train  # torch is imported only when a run really starts
+
+        progress = ProgressWriter(folder / PROGRESS_NAME)
+
+        def handle(event: dict[str, Any]) -> None:
+            if on_event is not None:
+                on_event(event)
+            progress.update(event)
+
         summary = train(config, folder, data_root=data_root, on_event=handle, data=data)
     except (KeyboardInterrupt, Interrupted):
-        finish_if_running(store, run_id, INTERRUPTED,
+        finish_if_running(store, run_id, RunState.INTERRUPTED,
                           outcome={"exit_code": 130, "message": "interrupted; resumable from its checkpoint"})
         raise
     except BaseException as error:
-        trace = folder / TRACEBACK_NAME
-        trace.write_text(traceback.format_exc(), encoding="utf-8")
-        finish_if_running(store, run_id, FAILED, outcome={
-            "exit_code": 1, "message": f"{type(error).__name__}: {error}", "traceback_file": str(trace),
-        })
+        remove_temporary_files(folder)  # first: on a full disk this frees the room to record the failure
+        cause = str(error) if isinstance(error, BudgetTuiError) else f"{type(error).__name__}: {error}"
+        finish_if_running(store, run_id, RunState.FAILED, outcome={
+            "exit_code": getattr(error, "exit_code", 1), "message": cause,
+            "traceback_file": write_traceback(folder)})
         raise
-    finish_if_running(store, run_id, DONE, summary=compact_summary(summary),
+    finish_if_running(store, run_id, RunState.DONE, summary=compact_summary(summary),
                       outcome={"exit_code": 0, "message": "ok"})
     return summary
+
+
+def prepare_run_folder(folder: Path, config: RunConfig) -> None:
+    """Create the run folder and record the run's config in it. A folder that already holds
+    another config belongs to another run: its checkpoint must never be resumed as this
+    run's (BadInput naming the keys that differ)."""
+    wanted = json.loads(json.dumps(config.to_dict()))  # as it reads back: tuples become lists
+    path = folder / CONFIG_NAME
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+        if saved is None:
+            write_json_atomic(path, wanted)
+            return
+    except ValueError as error:
+        raise BadInput(f"the run folder's config {path} is unreadable ({error}); "
+                       f"it may belong to another run") from None
+    except OSError as error:
+        raise storage_error(error, "prepare the run folder", folder) from None
+    differing = sorted(key for key in wanted.keys() | saved.keys() if wanted.get(key) != saved.get(key))
+    if differing:
+        changes = "; ".join(f"{key}: {saved.get(key)!r} there, {wanted.get(key)!r} here" for key in differing)
+        raise BadInput(f"run folder {folder} holds a run of another config ({path}), refusing to resume "
+                       f"its checkpoint: {changes}")
+
+
+def remove_temporary_files(folder: Path) -> None:
+    """Half-written files (checkpoint.tmp and the like) left by a failed write."""
+    for temporary in folder.glob("*.tmp"):
+        temporary.unlink(missing_ok=True)
+
+
+def write_traceback(folder: Path) -> str | None:
+    """The current exception's traceback in the run folder; None if the folder refuses it."""
+    path = folder / TRACEBACK_NAME
+    try:
+        path.write_text(traceback.format_exc(), encoding="utf-8")
+    except OSError:
+        remove_temporary_files(folder)
+        try:
+            path.unlink(missing_ok=True)  # a part written before the disk filled up
+        except OSError:
+            pass
+        return None
+    return str(path)
 
 
 class Interrupted(Exception):

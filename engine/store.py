@@ -9,6 +9,7 @@ Per-epoch curves live in runs/<id>/metrics.jsonl, not here. Must not import torc
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -16,12 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
-from engine.errors import BudgetTuiError, NotFound
+from engine.errors import BadInput, BudgetTuiError, NotFound, PathUnusable, StorageFailed
+from engine.records import check_history, check_record
 
 SCHEMA_VERSION = 1
 RUNS_TABLE = "runs"
@@ -30,8 +32,22 @@ RUNS_OPENING, RUNS_CLOSING = f'"{RUNS_TABLE}":{{', "}}"  # the lines around the 
 LOCK_TIMEOUT_S = 60.0
 
 
-class StoreCorrupted(BudgetTuiError):
-    """The history file does not parse; the message names it and its backup."""
+class StoreCorrupted(BadInput):
+    """The history file does not parse or is not the shape of a history; the message names
+    it and its backup. A bad file is bad input (exit 2): the user's file, not a crash."""
+
+
+def storage_error(error: OSError, doing: str, path: Path) -> BudgetTuiError:
+    """An OS error as one line naming the path: a path the user cannot use (not a directory,
+    no permission, read-only) is bad input; anything else (full disk, I/O) a runtime failure."""
+    unusable = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT)
+    kind = PathUnusable if error.errno in unusable else StorageFailed
+    where = Path(error.filename) if error.filename else path
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):  # a file where a folder should be
+        blocker = next((parent for parent in path.parents if parent.is_file()), where)
+        return kind(f"cannot {doing} {path}: {blocker} is not a directory")
+    detail = f" ({where})" if where != path else ""
+    return kind(f"cannot {doing} {path}: {error.strerror or error}{detail}")
 
 
 class _MemoryStorage(Storage):
@@ -58,31 +74,50 @@ class Store:
         self.lock = FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S)
 
     # --- raw file access
-    def _read_file(self) -> dict[str, Any]:
+    def read_text(self) -> str | None:
+        """The file's text, None if there is none yet; OS errors become one-line domain errors."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            raw = self.path.read_bytes()
         except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise storage_error(error, "read the history file", self.path) from None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise self.corrupted(f"not UTF-8 text at byte {error.start}") from None
+
+    def parse(self, text: str | None) -> dict[str, Any]:
+        """The validated contents of the file's `text`; StoreCorrupted if it is not a history.
+        An empty file is damage (a crash, a full disk), never an empty history."""
+        if text is None:
             return {}
         try:
-            data = json.loads(text) if text.strip() else {}
-            if not isinstance(data, dict):
-                raise ValueError("top level is not an object")
+            data = json.loads(text)
+            check_history(data)
         except ValueError as error:
-            backup = (
-                f"the last good version is {self.backup_path}"
-                if self.backup_path.exists()
-                else "no backup exists"
-            )
-            raise StoreCorrupted(
-                f"history file {self.path} is corrupted ({error}); {backup}. "
-                f"Move the file aside (or copy the backup over it) to continue."
-            ) from error
+            reason = "the file is empty" if not text.strip() else str(error)
+            raise self.corrupted(reason) from None
         return _migrate(data)
 
+    def corrupted(self, reason: str) -> StoreCorrupted:
+        backup = (f"the last good version is {self.backup_path}" if self.backup_path.exists()
+                  else f"no backup exists ({self.backup_path})")
+        return StoreCorrupted(
+            f"history file {self.path} is corrupted ({reason}); {backup}. "
+            f"Move the file aside (or copy the backup over it) to continue."
+        )
+
+    def _read_file(self) -> dict[str, Any]:
+        return self.parse(self.read_text())
+
     def _write_file(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        """Write atomically; the file being replaced (which parsed: it was read in this
+        transaction) becomes the backup, so the backup always parses too."""
+        temporary = None
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
             with os.fdopen(handle, "w", encoding="utf-8") as file:
                 file.write(serialise(data))
                 file.flush()
@@ -93,16 +128,17 @@ class Store:
                     self.backup_path.unlink()
                 os.link(self.path, self.backup_path)
             os.replace(temporary, self.path)
-        except BaseException:
-            if os.path.exists(temporary):
+        except OSError as error:
+            raise storage_error(error, "write the history file", self.path) from None
+        finally:
+            if temporary is not None and os.path.exists(temporary):
                 os.unlink(temporary)
-            raise
 
     # --- transactions
     @contextmanager
     def transaction(self) -> Iterator[Table]:
         """Read-modify-write of the runs table under the lock; written once, if changed."""
-        with self.lock:
+        with self._locked():
             storage = _MemoryStorage(self._read_file())
             database = TinyDB(storage=lambda: storage)
             table = database.table(RUNS_TABLE, cache_size=0)
@@ -111,6 +147,20 @@ class Store:
                 data = storage.data
                 data.setdefault(META_TABLE, {"1": {"schema": SCHEMA_VERSION}})
                 self._write_file(data)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self.lock.acquire()
+        except OSError as error:
+            raise storage_error(error, "lock the history file", self.path) from None
+        except Timeout:
+            raise StorageFailed(f"the history file {self.path} stayed locked for {LOCK_TIMEOUT_S:.0f} s "
+                                f"(lock file {self.lock.lock_file})") from None
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def _snapshot(self) -> Table:
         """A lock-free, read-only view of the runs table as of now."""
@@ -122,13 +172,28 @@ class Store:
         """Insert many runs in one write; returns their ids (also stored as record['id'])."""
         with self.transaction() as table:
             # Number the records first so each carries its id: one table rewrite, not one per run.
-            first = max((document.doc_id for document in table.all()), default=0) + 1
+            # An id never names an existing run folder: after the history was moved aside, a
+            # new run would otherwise resume the old run's checkpoint as its own.
+            first = max(max((document.doc_id for document in table.all()), default=0),
+                        self._highest_run_folder()) + 1
             ids = list(range(first, first + len(records)))
             table.insert_multiple(Document({**record, "id": run_id}, doc_id=run_id)
                                   for run_id, record in zip(ids, records))
         return ids
 
+    def _highest_run_folder(self) -> int:
+        """The largest number naming a folder next to the history file (a run folder), or 0."""
+        try:
+            names = [entry.name for entry in os.scandir(self.path.parent) if entry.is_dir()]
+        except FileNotFoundError:
+            return 0
+        except OSError as error:
+            raise storage_error(error, "list the run folders of", self.path.parent) from None
+        return max((int(name) for name in names if name.isascii() and name.isdigit()), default=0)
+
     def update_run(self, run_id: int, **fields: Any) -> dict[str, Any]:
+        """Set fields of a run as they are. State changes go through engine.queue, which
+        checks them against the transition table; this is for everything else."""
         with self.transaction() as table:
             if not table.contains(doc_id=run_id):
                 raise NotFound(f"no run with id {run_id} in {self.path}")
@@ -174,10 +239,7 @@ class HistoryCache:
         if self._read_once and signature == self._signature:
             return self._runs, False  # a missing file stays empty until it is written
         # stat before the read: a write between the two makes the next call read again
-        try:
-            text = self.store.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            text = ""
+        text = self.store.read_text() or ""
         runs = self._parse_changed_lines(text)
         if runs is None:  # another layout (an older file), or damage: the full parse decides
             self._parsed_lines = {}
@@ -192,19 +254,23 @@ class HistoryCache:
                 return None
             bodies = [line[:-1] if line.endswith(",") else line for line in lines[2:-2]]
             if not self._parsed_lines:  # nothing to reuse: one parse of the whole file is faster
-                table = _migrate(json.loads(text)).get(RUNS_TABLE, {})
+                table = self.store.parse(text).get(RUNS_TABLE, {})
                 if len(table) != len(bodies):
                     return None
                 self._parsed_lines = {body: {**record, "id": int(run_id)}
                                       for body, (run_id, record) in zip(bodies, table.items())}
                 return list(self._parsed_lines.values())
-            _migrate(json.loads(lines[0].rstrip(",") + "}"))  # the header line: {"_meta":{...},
+            header = json.loads(lines[0].rstrip(",") + "}")  # {"_meta":{...},
+            check_history(header)
+            _migrate(header)
             parsed: dict[str, dict[str, Any]] = {}
             for body in bodies:
                 record = self._parsed_lines.get(body)
                 if record is None:
                     run_id, _, document = body.partition(":")
-                    record = {**json.loads(document), "id": int(json.loads(run_id))}
+                    run_id, record = json.loads(run_id), json.loads(document)
+                    check_record(run_id, record)
+                    record = {**record, "id": int(run_id)}
                 parsed[body] = record
         except (ValueError, TypeError):
             return None

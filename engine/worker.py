@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine import queue
-from engine.errors import BadInput
+from engine import processes, queue
+from engine.errors import BadInput, BudgetTuiError
 from engine.paths import LOG_NAME, history_path, run_dir
-from engine.runs import now, write_json_atomic
-from engine.store import Store
+from engine.processes import STOP_GRACE_S
+from engine.records import RunState, now
+from engine.runs import write_json_atomic
+from engine.store import Store, storage_error
 
 WORKERS_DIR = "workers"
-STOP_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class RunningRun(Protocol):
 
 
 class Executor(Protocol):
-    def start(self, record: dict[str, Any], slot: Slot) -> RunningRun: ...
+    def start(self, record: dict[str, Any], slot: Slot) -> RunningRun:
+        """Start the claimed run; a BudgetTuiError (the run then fails) if it cannot."""
 
 
 @dataclass
@@ -62,7 +64,7 @@ class LocalRun:
 
     def stop(self, grace_s: float) -> None:
         identity = {"pid": self.process.pid, "pgid": self.process.pid, "start_time": None}
-        queue.terminate_group(identity, grace_s)
+        processes.terminate_group(identity, grace_s)
         self.process.wait()
 
 
@@ -76,17 +78,20 @@ class LocalExecutor:
 
     def start(self, record: dict[str, Any], slot: Slot) -> LocalRun:
         folder = run_dir(self.home, record["id"])
-        folder.mkdir(parents=True, exist_ok=True)
         environment = dict(os.environ)
         if slot.gpu is not None:
             environment["CUDA_VISIBLE_DEVICES"] = slot.gpu
         command = [sys.executable, "-m", "engine.child", str(self.home), str(record["id"])]
         if self.data_root is not None:
             command += ["--data-root", str(self.data_root)]
-        with open(folder / LOG_NAME, "ab") as log:
-            log.write(f"--- {now()} start on {slot.label()}\n".encode())
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=environment, start_new_session=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / LOG_NAME, "ab") as log:
+                log.write(f"--- {now()} start on {slot.label()}\n".encode())
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           env=environment, start_new_session=True)
+        except OSError as error:
+            raise storage_error(error, "prepare the run folder", folder) from None
         return LocalRun(record["id"], process)
 
 
@@ -110,6 +115,8 @@ class Worker:
         signal.signal(signal.SIGTERM, self._ask_to_stop)
         signal.signal(signal.SIGINT, self._ask_to_stop)
         registration = register_worker(self.home, self.slots)
+        print(f"worker {os.getpid()} on {', '.join(slot.label() for slot in self.slots)}; home {self.home}",
+              file=sys.stderr, flush=True)  # after registering: a home it cannot write is the only line
         try:
             queue.reconcile(self.store, resume=self.auto_resume)
             while not self.stopping:
@@ -136,8 +143,11 @@ class Worker:
             record = queue.claim_next(self.store, worker_identity())
             if record is None:
                 break
-            self.running[slot] = self.executor.start(record, slot)
             claimed = True
+            try:
+                self.running[slot] = self.executor.start(record, slot)
+            except BudgetTuiError as error:  # its folder or log cannot be written: that run fails, the queue goes on
+                self._record_failure(record["id"], None, f"cannot start: {error}")
         return claimed
 
     def _reap(self) -> None:
@@ -150,28 +160,57 @@ class Worker:
         """A child that died without recording its outcome (killed, crashed) is recorded here."""
         code = run.poll()
         if code is not None and code < 0:
-            queue.finish_if_running(self.store, run.run_id, queue.INTERRUPTED, outcome={
+            self._record(run.run_id, RunState.INTERRUPTED, {
                 "exit_code": code, "message": f"killed by signal {-code}; resumable"})
-        else:
-            log = run_dir(self.home, run.run_id) / LOG_NAME
-            queue.finish_if_running(self.store, run.run_id, queue.FAILED, outcome={
-                "exit_code": code, "message": f"run process exited with code {code}; see {log}"})
+            return
+        log = run_dir(self.home, run.run_id) / LOG_NAME
+        last_words = last_error_line(log)
+        self._record_failure(run.run_id, code, f"run process exited with code {code}"
+                             f"{': ' + last_words if last_words else ''}; see {log}")
+
+    def _record_failure(self, run_id: int, code: int | None, message: str) -> None:
+        self._record(run_id, RunState.FAILED, {"exit_code": code, "message": message})
+
+    def _record(self, run_id: int, state: RunState, outcome: dict[str, Any]) -> None:
+        """Record a run's end unless it recorded it itself. If the history cannot be written
+        either (full disk), say so and keep serving: the run is found stale later."""
+        try:
+            queue.finish_if_running(self.store, run_id, state, outcome=outcome)
+        except BudgetTuiError as error:
+            print(f"error: run {run_id} ended ({outcome['message']}) but was not recorded: {error}",
+                  file=sys.stderr, flush=True)
+
+
+def last_error_line(log: Path) -> str:
+    """The last line a run process wrote (its one-line error, if it printed one)."""
+    try:
+        with open(log, "rb") as file:
+            file.seek(max(0, os.fstat(file.fileno()).st_size - 4096))
+            lines = file.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip() and not line.startswith("--- ")), "")
 
 
 def worker_identity() -> dict[str, Any]:
-    return queue.process_identity(os.getpid())
+    return processes.process_identity(os.getpid())
 
 
 def register_worker(home: Path, slots: list[Slot]) -> Path:
     folder = home / WORKERS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{os.getpid()}.json"
-    write_json_atomic(path, {**worker_identity(), "slots": [slot.label() for slot in slots], "started_at": now()})
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {**worker_identity(), "slots": [slot.label() for slot in slots],
+                                 "started_at": now()})
+    except OSError as error:
+        raise storage_error(error, "register the worker in", folder) from None
     return path
 
 
 def live_workers(home: Path) -> list[dict[str, Any]]:
-    """Registered workers whose process still runs; stale registrations are removed."""
+    """Registered workers whose process still runs, and those of other hosts (marked
+    "remote": they cannot be checked from here); stale local registrations are removed."""
     found = []
     folder = home / WORKERS_DIR
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -179,8 +218,12 @@ def live_workers(home: Path) -> list[dict[str, Any]]:
             info = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if queue.is_alive(info):
-            found.append(info)
+        if not isinstance(info, dict):
+            continue
+        if processes.is_remote(info):
+            found.append({**info, "remote": True})
+        elif processes.is_alive(info):
+            found.append({**info, "remote": False})
         else:
             path.unlink(missing_ok=True)
     return found
@@ -213,23 +256,22 @@ def start_detached_worker(
     command += ["--gpus", gpus] if gpus is not None else []
     command += ["--once"] * once + ["--auto-resume"] * auto_resume
     command += ["--data-root", str(data_root)] if data_root is not None else []
-    home.mkdir(parents=True, exist_ok=True)
     log_path = home / "worker.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+    except OSError as error:
+        raise storage_error(error, "write the worker log", log_path) from None
     return process.pid, log_path
 
 
 def stop_workers(home: Path, grace_s: float = STOP_GRACE_S + 5) -> list[int]:
-    """SIGTERM every live worker of this home and wait for them to exit."""
-    workers = live_workers(home)
-    for info in workers:
-        try:
-            os.kill(info["pid"], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    """SIGTERM every live worker of this host and home and wait for them to exit. Workers
+    of other hosts are never signalled (their pids mean nothing here)."""
+    workers = [info for info in live_workers(home) if processes.terminate(info)]
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(queue.is_alive(info) for info in workers):
+    while time.monotonic() < deadline and any(processes.is_alive(info) for info in workers):
         time.sleep(0.1)
     return [info["pid"] for info in workers]

@@ -138,7 +138,7 @@ def test_history_show_of_an_unknown_run_exits_3(tmp_path):
 def test_corrupted_history_gives_one_clear_line_naming_the_file(tmp_path):
     (tmp_path / "history.json").write_text('{"runs": {"1": {"state": "do')
     result = invoke("history", "ls", "--home", str(tmp_path))
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a bad file is bad input
     assert str(tmp_path / "history.json") in result.stderr and "corrupted" in result.stderr
     assert "Traceback" not in result.output
 

@@ -15,7 +15,7 @@ from engine import compare
 from engine.config import RunConfig
 from engine.errors import BadInput, NotFound
 from engine.plots import render_text
-from engine.runs import new_record
+from engine.records import new_record
 from engine.store import Store
 from tui_app.cli import app
 

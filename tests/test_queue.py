@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine import queue
+from engine import processes, queue
 from engine.config import RunConfig
 from engine.store import Store
 from tui_app.cli import app
@@ -61,7 +61,7 @@ def test_claim_order_priority_then_age_and_never_twice(tmp_path):
     store = store_of(tmp_path)
     ids = queue.enqueue(store, "p", [QUICK] * 3)
     queue.set_priority(store, [ids[2]], 5)
-    me = queue.process_identity(os.getpid())
+    me = processes.process_identity(os.getpid())
     claimed = [queue.claim_next(store, me)["id"] for _ in range(3)]
     assert claimed == [ids[2], ids[0], ids[1]]
     assert queue.claim_next(store, me) is None
@@ -95,12 +95,13 @@ def test_a_running_record_whose_process_is_gone_becomes_interrupted(tmp_path):
     assert store.get_run(run_id)["state"] == "interrupted"
     # A live process (this one) keeps its run running; a reused pid (other start time) does not.
     (alive_id,) = queue.enqueue(store, "p", [QUICK])
-    store.update_run(alive_id, state="running", process=queue.process_identity(os.getpid()))
+    store.update_run(alive_id, state="running", process=processes.process_identity(os.getpid()))
     assert queue.reconcile(store) == []
-    reused = {**queue.process_identity(os.getpid()), "start_time": 12345}
+    reused = {**processes.process_identity(os.getpid()), "start_time": 12345}
     store.update_run(alive_id, process=reused)
-    assert queue.reconcile(store, resume=True) == [alive_id]
-    assert store.get_run(alive_id)["state"] == "queued"
+    # Resuming queues the run just found stale and the one interrupted before alike.
+    assert queue.reconcile(store, resume=True) == [run_id, alive_id]
+    assert store.get_run(alive_id)["state"] == store.get_run(run_id)["state"] == "queued"
 
 
 def _final_metrics(home: Path, run_id: int) -> list[tuple]:
@@ -169,7 +170,7 @@ def test_cancel_of_a_running_run_leaves_no_process_of_its_group(tmp_path):
     group = store.get_run(run_id)["process"]["pgid"]
     result = cli("queue", "cancel", str(run_id), "--home", str(home))
     assert result.exit_code == 0 and "cancelled" in result.stdout
-    assert not queue._group_alive(group)
+    assert not processes.group_alive(group)
     worker.send_signal(signal.SIGTERM)
     worker.wait(timeout=60)
     record = store.get_run(run_id)
@@ -204,7 +205,7 @@ def test_detached_worker_outlives_its_terminal_and_runs_the_queue(tmp_path):
     run_id = queue.enqueue(store_of(home), "test", [QUICK])[0]
     wait_for(lambda: store_of(home).get_run(run_id)["state"] == "done", 180, what="the run to finish")
     assert "stopped 1 worker" in cli("worker", "stop", "--home", str(home)).stdout
-    wait_for(lambda: not queue.is_alive(workers[0]), 30, what="the worker to exit")
+    wait_for(lambda: not processes.is_alive(workers[0]), 30, what="the worker to exit")
 
 
 def test_retry_resumes_by_default_and_fresh_starts_over(tmp_path):

@@ -71,7 +71,7 @@ def test_an_old_history_file_keeps_loading(tmp_path):
 def _writer(path: str, worker: int, count: int) -> None:
     store = Store(Path(path))
     for index in range(count):
-        (run_id,) = store.add_runs([{"worker": worker, "index": index, "state": "queued"}])
+        (run_id,) = store.add_runs([{"writer": worker, "index": index, "state": "queued"}])
         store.update_run(run_id, state="done")
 
 
@@ -91,7 +91,7 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
         assert process.exitcode == 0
     runs = Store(path).list_runs()
     assert len(runs) == 100 and reads > 0
-    assert sorted((run["worker"], run["index"]) for run in runs) == [(w, i) for w in range(4) for i in range(25)]
+    assert sorted((run["writer"], run["index"]) for run in runs) == [(w, i) for w in range(4) for i in range(25)]
     assert sorted(run["id"] for run in runs) == list(range(1, 101))
     assert all(run["state"] == "done" for run in runs)
 
@@ -155,4 +155,34 @@ def test_history_cache_reads_an_old_layout_and_reports_damage(tmp_path):
     lines[2] = lines[2][: len(lines[2]) // 2]  # a run's line cut in half
     store.path.write_text("\n".join(lines))
     with pytest.raises(StoreCorrupted, match="history.json"):
+        cache.runs()
+
+
+@pytest.mark.parametrize("damage", ["", " \n\t\n"], ids=["empty", "whitespace"])
+def test_an_empty_history_file_is_damage_and_the_backup_survives_every_write(tmp_path, damage):
+    store = Store(tmp_path / "history.json")
+    store.add_runs([{"state": "queued"}])
+    store.update_run(1, state="done")  # the backup now holds run 1 as queued
+    backup = (tmp_path / "history.json.bak").read_bytes()
+    (tmp_path / "history.json").write_text(damage)
+    with pytest.raises(StoreCorrupted, match="the file is empty") as raised:
+        store.list_runs()
+    assert str(tmp_path / "history.json.bak") in str(raised.value)
+    with pytest.raises(StoreCorrupted):
+        store.add_runs([{"state": "queued"}])
+    assert (tmp_path / "history.json").read_text() == damage
+    assert (tmp_path / "history.json.bak").read_bytes() == backup
+
+
+def test_history_cache_checks_the_shape_of_each_changed_run(tmp_path):
+    from engine.store import HistoryCache
+
+    store = Store(tmp_path / "history.json")
+    store.add_runs([{"state": "queued"}, {"state": "queued"}])
+    cache = HistoryCache(store)
+    cache.runs()
+    lines = store.path.read_text().split("\n")
+    lines[3] = '"2":{"state":"queued","priority":"high","id":2}'  # valid JSON, wrong field type
+    store.path.write_text("\n".join(lines))
+    with pytest.raises(StoreCorrupted, match="priority"):
         cache.runs()

@@ -22,7 +22,7 @@ from textual.worker import Worker, WorkerState
 
 from engine.errors import BudgetTuiError
 from engine.paths import history_path
-from engine.queue import RUNNING, is_alive, reconcile
+from engine.queue import RUNNING, is_stale, reconcile
 from engine.runs import read_progress
 from engine.store import HistoryCache, Store
 from engine.worker import live_workers, start_detached_worker, stop_workers
@@ -147,8 +147,7 @@ class BudgetTuiApp(App[None]):
 
     def _snapshot(self) -> Snapshot:
         runs, changed = self._history.runs()
-        if any(record.get("state") == RUNNING and not is_alive(record.get("process") or record.get("worker"))
-               for record in runs):
+        if any(is_stale(record) for record in runs):
             reconcile(self.store)  # a run never stays "running" after its process died
             runs, changed = self._history.runs()
         self._version += changed

@@ -135,6 +135,10 @@ def run(
     from engine.presets import get_preset
 
     home_dir = resolve_home(home)
+    from engine.store import Store
+
+    store = Store(history_path(home_dir))
+    store.list_runs()  # a damaged history or unusable home is reported before any work
     assignments: dict[str, Any] = parse_assignments(sets)
     if device is not None:
         assignments["device"] = device
@@ -147,15 +151,17 @@ def run(
 
     datasets = check_all_runnable(configs, resolve_data_root(data_root, home_dir))
 
-    from engine.runs import execute_run, new_record
-    from engine.store import Store
+    from engine.processes import process_identity
+    from engine.records import RunState, new_record, now
+    from engine.runs import execute_run
     from tui_app.progress import RunProgress
 
-    store = Store(history_path(home_dir))
-    ids = store.add_runs([new_record(config, preset, state="queued") for config in configs])
     results = []
-    for index, (run_id, config, data) in enumerate(zip(ids, configs, datasets), start=1):
-        label = f"run {run_id} [{index}/{len(ids)}] seed {config.seed}"
+    for index, (config, data) in enumerate(zip(configs, datasets), start=1):
+        # Recorded when it starts, as running in this process: a worker never claims it.
+        (run_id,) = store.add_runs([new_record(config, preset, state=RunState.RUNNING, started_at=now(),
+                                               process=process_identity(os.getpid()))])
+        label = f"run {run_id} [{index}/{len(configs)}] seed {config.seed}"
         with RunProgress(label) as progress:
             try:
                 summary = execute_run(store, home_dir, run_id, config, data=data,
@@ -410,7 +416,6 @@ def worker(
         pid, log = start_detached_worker(home_dir, gpus=gpus, once=once, auto_resume=auto_resume, data_root=data_root)
         typer.echo(f"worker started in the background: pid {pid}, log {log}")
         return
-    typer.echo(f"worker {os.getpid()} on {', '.join(slot.label() for slot in slots)}; home {home_dir}", err=True)
     Worker(home_dir, slots, LocalExecutor(home_dir, data_root), once=once, auto_resume=auto_resume).run()
 
 
@@ -426,7 +431,9 @@ def worker_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
         typer.echo("no worker running")
     else:
         for info in workers:
-            typer.echo(f"worker {info['pid']} since {info['started_at']} on {', '.join(info['slots'])}")
+            where = f"remote on host {info.get('host')}" if info["remote"] else "on this host"
+            typer.echo(f"worker {info['pid']} ({where}) since {info.get('started_at', '?')} "
+                       f"on {', '.join(info.get('slots', [])) or '?'}")
 
 
 @worker_app.command("stop")

@@ -22,7 +22,7 @@ from bench_store import SUMMARY, median_time
 
 from engine.compare import build_pivot, render
 from engine.config import RunConfig
-from engine.runs import new_record
+from engine.records import new_record
 from engine.store import Store
 
 SAMPLERS = ("unif-sgd", "p-sgd", "c-sgd", "sb", "ub", "infobatch")

@@ -25,7 +25,8 @@ from typing import Callable
 
 from engine import queue
 from engine.config import RunConfig
-from engine.runs import ProgressWriter, new_record
+from engine.records import new_record
+from engine.runs import ProgressWriter
 from engine.store import HistoryCache, Store
 
 SUMMARY = {

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' he
 
 from engine.config import RunConfig  # noqa: E402
 from engine.paths import METRICS_NAME, PROGRESS_NAME, history_path  # noqa: E402
-from engine.queue import process_identity  # noqa: E402
-from engine.runs import new_record  # noqa: E402
+from engine.processes import process_identity  # noqa: E402
+from engine.records import new_record  # noqa: E402
 from engine.store import Store  # noqa: E402
 from test_tui import settle  # noqa: E402
 from tui_app.app import BudgetTuiApp  # noqa: E402
