@@ -135,7 +135,12 @@ def _preset_from_table(data: dict[str, Any], path: Path, source: str) -> Preset:
         grid={key: parse_grid_values(key, values) for key, values in grid.items()},
         seeds=seeds,
     )
-    preset.config()  # an invalid preset is reported when loaded, not when run
+    # An invalid preset is reported when loaded, not when run: its settings, each grid value
+    # on top of them, and its size.
+    preset.config()
+    for key, values in preset.grid.items():
+        for value in values:
+            preset.config({key: value})
     check_run_count(preset.grid, preset.seeds)
     return preset
 
