@@ -53,5 +53,9 @@ def explain(error: Exception) -> tuple[str, int]:
         exit_code = next((code for kind, code in _OS_ERROR_EXIT_CODES if isinstance(error, kind)), 1)
     else:
         message, exit_code = f"unexpected {type(error).__name__}: {error}", BudgetTuiError.exit_code
-    one_line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
-    return one_line or type(error).__name__, exit_code
+    return one_line(message) or type(error).__name__, exit_code
+
+
+def one_line(message: str) -> str:
+    """A message of several lines (a TOML error, a usage error) joined into one."""
+    return "; ".join(part.strip() for part in message.splitlines() if part.strip())

@@ -22,7 +22,7 @@ try:  # newer typer vendors click as typer._click; older releases use click itse
 except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError
 
-from engine.errors import BadInput, BudgetTuiError, NotFound, explain
+from engine.errors import BadInput, BudgetTuiError, NotFound, explain, one_line
 from engine.paths import DATA_ENV, HOME_ENV, history_path, resolve_data_root, resolve_home
 
 
@@ -57,8 +57,7 @@ class DomainErrorsToExitCodes(TyperGroup):
         except ClickException as error:
             context = getattr(error, "ctx", None)
             hint = f" (see '{context.command_path} --help')" if context is not None else ""
-            message, _ = explain(BudgetTuiError(error.format_message()))
-            typer.echo(f"error: {message}{hint}", err=True)
+            typer.echo(f"error: {one_line(error.format_message())}{hint}", err=True)
             sys.exit(error.exit_code)
         except typer.Abort:
             typer.echo("aborted", err=True)
