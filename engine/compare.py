@@ -180,9 +180,13 @@ def metric_value(record: dict[str, Any], metric: str) -> float | None:
     return float(value) * (100.0 if spec.percent else 1.0)
 
 
+def check_choice(value: str, choices: Iterable[str], what: str) -> None:
+    if value not in choices:
+        raise BadInput(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+
+
 def check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise BadInput(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    check_choice(metric, METRICS, "metric")
 
 
 def check_fields(names: Iterable[str], option: str) -> None:
@@ -460,8 +464,7 @@ def build_pivot(
 
 # --- exports: one set of numbers, five formats
 def render(pivot: Pivot, fmt: str = "table") -> str:
-    if fmt not in FORMATS:
-        raise BadInput(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    check_choice(fmt, FORMATS, "format")
     return {"table": render_table, "csv": render_csv, "md": render_markdown,
             "latex": render_latex, "json": render_json}[fmt](pivot)
 
@@ -689,8 +692,7 @@ CHARTS = ("budget", "frontier", "frontier-time", "curves", "curves-forwarded", "
 
 
 def build_chart(name: str, records: list[dict[str, Any]], metric: str = DEFAULT_METRIC) -> Chart:
-    if name not in CHARTS:
-        raise BadInput(f"unknown chart {name!r}; choose one of: {', '.join(CHARTS)}")
+    check_choice(name, CHARTS, "chart")
     return {
         "budget": lambda: budget_chart(records, metric),
         "frontier": lambda: frontier_chart(records, metric, "flops_train"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -25,6 +26,16 @@ BUDGET_MODES = ("subset", "scan")
 LR_SCHEDULES = ("linear", "step")
 FIDELITIES = ("corrected", "faithful")
 DEVICES = ("auto", "cpu", "cuda")
+# Our own models (engine.train.models registers them into timm); any other timm name is
+# checked against timm itself, which imports torch, so only when a name is not one of these.
+MODELS = ("cifar_resnet18", "cifar_preact_resnet18", "cifar_wrn_28_10", "small_cnn", "cifar_small_cnn")
+
+# Integers are stored and passed to torch/numpy as 64-bit: a larger one fails far from its cause.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# ASCII only: Python's int() and float() also read other scripts' digits ("١٢" is 12), which
+# a user would not expect a typo to become.
+_ASCII_INTEGER = re.compile(r"[+-]?[0-9]+")
+_ASCII_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 # Fields whose value must be one of a fixed set; the error lists the set.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -189,25 +200,47 @@ def convert_value(key: str, value: Any) -> Any:
         if kind is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(value)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(value)
-            if not math.isfinite(number):
-                raise ValueError
+            number = parse_whole_number(value, key) if isinstance(value, str) else int(value)
+            check_int64(number, key)
             return number
+        if kind is float:
+            return convert_float(value)
         if kind is str:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ValueError
             return str(value)
         if kind == tuple[float, ...]:
             items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-            return tuple(float(item) for item in items if str(item).strip() != "")
-    except (TypeError, ValueError):
+            return tuple(convert_float(item) for item in items if str(item).strip() != "")
+    except (TypeError, ValueError, OverflowError):
         pass
     type_name = getattr(kind, "__name__", str(kind))
     raise BadInput(f"{key}={value!r} is not a valid {type_name}")
+
+
+def convert_float(value: Any) -> float:
+    """One finite float from a number or an ASCII decimal string; ValueError otherwise."""
+    if isinstance(value, bool) or (isinstance(value, str) and not _ASCII_FLOAT.fullmatch(value.strip())):
+        raise ValueError(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
+
+
+def parse_whole_number(text: str, what: str) -> int:
+    """A whole number written in ASCII digits and within 64 bits, or BadInput naming `what`."""
+    if not _ASCII_INTEGER.fullmatch(text.strip()):
+        raise BadInput(f"{what} must be a whole number in ASCII digits, got {text!r}")
+    number = int(text)
+    check_int64(number, what)
+    return number
+
+
+def check_int64(number: int, what: str) -> None:
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise BadInput(f"{what}={number} is out of range: integers must lie within 64 bits "
+                       f"({INT64_MIN}..{INT64_MAX})")
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, str]:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.config import convert_value, field_types
+from engine.config import CHOICES, convert_value, field_types
 from engine.errors import BadInput
 from engine.paths import METRICS_NAME
 
@@ -26,6 +26,9 @@ def parse_filters(pairs: list[str]) -> dict[str, Any]:
             raise BadInput(f"expected key=value in --where, got {pair!r}")
         if key in RECORD_FILTER_KEYS:
             filters[key] = value.strip()
+        elif key in CHOICES and value.strip() not in CHOICES[key]:
+            # A value no run can have is a typo: name the valid ones rather than match nothing.
+            raise BadInput(f"--where {key}={value.strip()!r} is not valid; choose one of: {', '.join(CHOICES[key])}")
         elif key in field_types():
             filters[key] = convert_value(key, value.strip())
         else:

@@ -9,6 +9,7 @@ and win on a name clash. Must not import torch.
 from __future__ import annotations
 
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,10 @@ from typing import Any
 from engine.config import RunConfig, convert_value, field_types
 from engine.errors import BadInput
 from engine.paths import user_presets_dir
+
+# Runs one request may queue or start. A typo such as `--seeds 1000000000` must be refused at
+# once rather than expanded: building the configs alone would run for minutes.
+MAX_RUNS = 10_000
 
 
 @dataclass(frozen=True)
@@ -41,16 +46,44 @@ class Preset:
     ) -> list[RunConfig]:
         """Every config of the study: the grid's cross product times the seeds."""
         combined = {**self.grid, **(grid or {})}
-        base = self.config(assignments)
         seed_count = self.seeds if seeds is None else seeds
         if seed_count < 1:
             raise BadInput("seeds must be >= 1")
+        check_run_count(combined, seed_count)
+        base = self.config(assignments)
         keys = list(combined)
         configs = []
         for values in itertools.product(*(combined[key] for key in keys)):
             point = base.replace(**dict(zip(keys, values)))
             configs.extend(point.replace(seed=point.seed + offset) for offset in range(seed_count))
         return configs
+
+    def run_count(self) -> int:
+        """How many runs the preset queues as it stands, without building their configs."""
+        return count_runs(self.grid, self.seeds)
+
+
+def count_runs(grid: dict[str, list[Any]], seeds: int) -> int:
+    return math.prod(len(values) for values in grid.values()) * seeds
+
+
+def check_run_count(grid: dict[str, list[Any]], seeds: int) -> None:
+    """BadInput, before any config is built, when a study has more than MAX_RUNS runs."""
+    points = count_runs(grid, 1)
+    if points * seeds > MAX_RUNS:
+        raise BadInput(f"{points} grid point(s) x {seeds} seed(s) = {points * seeds} runs; "
+                       f"at most {MAX_RUNS} runs can be queued or run at once")
+
+
+@dataclass(frozen=True)
+class PresetListing:
+    """One preset file as listed: loaded, or the reason it does not load."""
+
+    name: str
+    source: str  # "shipped" or "user"
+    path: Path
+    preset: Preset | None  # None when the file does not load
+    error: str | None
 
 
 def shipped_presets_dir() -> Path:
@@ -64,22 +97,35 @@ def shipped_presets_dir() -> Path:
 
 
 def load_preset_file(path: Path, source: str) -> Preset:
+    """Read and validate one preset file; any fault is BadInput naming the file."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise BadInput(f"preset {path} is not UTF-8 text: {error.reason} at byte {error.start}") from None
+    except OSError as error:
+        raise BadInput(f"preset {path} cannot be read: {error.strerror or error}") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise BadInput(f"malformed preset {path}: {error}") from error
+    try:
+        return _preset_from_table(data, path, source)
+    except BadInput as error:
+        raise BadInput(f"preset {path}: {error}") from None
+
+
+def _preset_from_table(data: dict[str, Any], path: Path, source: str) -> Preset:
     allowed = {"description", "config", "grid", "seeds"}
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise BadInput(f"preset {path}: unknown top-level key(s) {', '.join(unknown)}; "
-                       f"allowed: {', '.join(sorted(allowed))}")
+        raise BadInput(f"unknown top-level key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
     overrides = data.get("config", {})
     grid = data.get("grid", {})
     seeds = data.get("seeds", 1)
     if not isinstance(overrides, dict) or not isinstance(grid, dict):
-        raise BadInput(f"preset {path}: [config] and [grid] must be tables")
+        raise BadInput("[config] and [grid] must be tables")
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise BadInput(f"preset {path}: seeds must be an integer >= 1")
+        raise BadInput("seeds must be an integer >= 1")
     preset = Preset(
         name=path.stem,
         description=str(data.get("description", "")),
@@ -89,7 +135,13 @@ def load_preset_file(path: Path, source: str) -> Preset:
         grid={key: parse_grid_values(key, values) for key, values in grid.items()},
         seeds=seeds,
     )
-    preset.config()  # an invalid preset is reported when loaded, not when run
+    # An invalid preset is reported when loaded, not when run: its settings, each grid value
+    # on top of them, and its size.
+    preset.config()
+    for key, values in preset.grid.items():
+        for value in values:
+            preset.config({key: value})
+    check_run_count(preset.grid, preset.seeds)
     return preset
 
 
@@ -117,7 +169,19 @@ def preset_paths(home: Path | None) -> dict[str, tuple[Path, str]]:
 
 
 def list_presets(home: Path | None) -> list[Preset]:
+    """Every preset, loaded; the first that does not load raises (see scan_presets)."""
     return [load_preset_file(path, source) for path, source in preset_paths(home).values()]
+
+
+def scan_presets(home: Path | None) -> list[PresetListing]:
+    """Every preset file, each loaded on its own so a broken one does not hide the others."""
+    listings = []
+    for name, (path, source) in preset_paths(home).items():
+        try:
+            listings.append(PresetListing(name, source, path, load_preset_file(path, source), None))
+        except BadInput as error:
+            listings.append(PresetListing(name, source, path, None, str(error)))
+    return listings
 
 
 def get_preset(name: str, home: Path | None) -> Preset:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,6 +21,7 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
+from engine.atomic import write_atomic
 from engine.errors import BadInput, BudgetTuiError, NotFound, PathUnusable, StorageFailed
 from engine.records import check_history, check_record
 
@@ -114,25 +114,16 @@ class Store:
     def _write_file(self, data: dict[str, Any]) -> None:
         """Write atomically; the file being replaced (which parsed: it was read in this
         transaction) becomes the backup, so the backup always parses too."""
-        temporary = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                file.write(serialise(data))
-                file.flush()
-                os.fsync(file.fileno())
             if self.path.exists():
                 # Keep the last good version: a hard link costs nothing and is never partial.
                 if self.backup_path.exists():
                     self.backup_path.unlink()
                 os.link(self.path, self.backup_path)
-            os.replace(temporary, self.path)
+            write_atomic(self.path, serialise(data))
         except OSError as error:
             raise storage_error(error, "write the history file", self.path) from None
-        finally:
-            if temporary is not None and os.path.exists(temporary):
-                os.unlink(temporary)
 
     # --- transactions
     @contextmanager

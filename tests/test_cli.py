@@ -178,3 +178,203 @@ def test_cifar_preset_runs_on_files_the_test_writes(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)[0]["summary"]
     assert summary["steps"] == 5 and summary["samples_backprop"] == 50  # floor(0.5*100)/10 steps
+
+
+# --- every fault of the input or the files: one line, an exit code, nothing written
+def error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def assert_one_line_error(result, exit_code: int, *fragments: str) -> None:
+    assert result.exit_code == exit_code, (result.exit_code, result.output, result.exception)
+    lines = error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert all(fragment in lines[0] for fragment in fragments), lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("error, exit_code, fragments", [
+    (PermissionError(13, "Permission denied", "/srv/home/history.json"), 2, ["Permission denied", "/srv/home/history.json"]),
+    (IsADirectoryError(21, "Is a directory", "/srv/home/presets/x.toml"), 2, ["Is a directory", "x.toml"]),
+    (NotADirectoryError(20, "Not a directory", "/srv/file/history.json"), 2, ["/srv/file/history.json"]),
+    (FileNotFoundError(2, "No such file or directory", "/srv/gone"), 3, ["/srv/gone"]),
+    (OSError(28, "No space left on device", "/srv/home/history.json.tmp"), 1, ["No space left", "history.json.tmp"]),
+    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), 2, ["not UTF-8", "invalid start byte"]),
+    (TypeError("list indices must be integers or slices, not str"), 1, ["TypeError", "list indices"]),
+    (KeyError("runs"), 1, ["KeyError", "runs"]),
+])
+def test_an_os_or_data_shape_error_of_any_command_is_one_line_and_an_exit_code(tmp_path, monkeypatch, error,
+                                                                                 exit_code, fragments):
+    import engine.presets
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(engine.presets, "scan_presets", fail)
+    monkeypatch.setattr(engine.presets, "get_preset", fail)
+    for args in (["presets", "ls"], ["presets", "show", "digits-quick"], ["queue", "add", "digits-quick"]):
+        assert_one_line_error(invoke(*args, "--home", str(tmp_path / "home")), exit_code, *fragments)
+    assert not (tmp_path / "home").exists()
+
+
+def test_a_home_that_is_a_file_is_one_line_naming_it(tmp_path):
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    assert_one_line_error(invoke("queue", "add", "digits-quick", "--home", str(home)), 2, str(home))
+    assert home.read_text() == "not a folder"
+
+
+def user_preset(home, name: str, content: bytes | None) -> None:
+    """A user preset file; None makes a folder of that name instead."""
+    folder = home / "presets"
+    folder.mkdir(parents=True, exist_ok=True)
+    if content is None:
+        (folder / f"{name}.toml").mkdir()
+    else:
+        (folder / f"{name}.toml").write_bytes(content)
+
+
+BROKEN_PRESETS = {
+    "folder": (None, "cannot be read"),
+    "latin1": ('description = "caf\u00e9"\n'.encode("latin-1"), "not UTF-8"),
+    "badvalue": (b"[config]\nbudget = 7\n", "budget must be in (0, 1]"),
+    "badgrid": (b"[grid]\nsampler = ['magic']\n", "choose one of"),
+    "huge": (b"seeds = 100\n[grid]\nseed = " + str(list(range(101))).encode() + b"\n", "at most 10000"),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN_PRESETS)
+def test_a_broken_preset_is_one_line_naming_its_file(tmp_path, name):
+    content, reason = BROKEN_PRESETS[name]
+    user_preset(tmp_path, name, content)
+    for args in (["presets", "show", name], ["run", name], ["queue", "add", name]):
+        assert_one_line_error(invoke(*args, "--home", str(tmp_path)), 2, f"{name}.toml", reason)
+    assert not (tmp_path / "history.json").exists()
+
+
+def test_presets_ls_lists_the_good_presets_and_reports_each_broken_one(tmp_path):
+    user_preset(tmp_path, "mine", b'description = "my study"\n[config]\nbudget = 0.5\n')
+    for name, (content, _) in BROKEN_PRESETS.items():
+        user_preset(tmp_path, name, content)
+    result = invoke("presets", "ls", "--home", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["mine"]["error"] is None and rows["mine"]["description"] == "my study"
+    assert rows["digits-quick"]["source"] == "shipped" and rows["digits-quick"]["error"] is None
+    for name, (_, reason) in BROKEN_PRESETS.items():
+        assert f"{name}.toml" in rows[name]["error"] and reason in rows[name]["error"]
+    (warning,) = error_lines(result)
+    assert warning.startswith("warning: 5 preset(s) do not load") and all(name in warning for name in BROKEN_PRESETS)
+
+    human = invoke("presets", "ls", "--home", str(tmp_path))
+    assert human.exit_code == 0
+    lines = {line.split()[0]: line for line in human.stdout.splitlines()}
+    assert "my study" in lines["mine"] and "budget must be in (0, 1]" in lines["badvalue"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--set", "model=not_a_model"], "cifar_resnet18"),
+    (["--grid", "model=small_cnn,not_a_model"], "not_a_model"),
+    (["--set", "dataset=cifar10"], "cifar-10-batches-py"),
+    (["--set", "dataset=svhn"], "train_32x32.mat"),
+    (["--set", "dataset=mini-imagenet"], "mini-imagenet"),
+    (["--set", "dataset=imagefolder", "--set", "data_path=/no/such/tree"], "/no/such/tree"),
+    (["--set", "seed=" + "9" * 30], "64 bits"),
+    (["--set", "batch_size=" + "9" * 30], "64 bits"),
+    (["--set", "seed=9223372036854775807", "--seeds", "2"], "64 bits"),
+    (["--set", "epochs=\u0661\u0662"], "ASCII digits"),
+    (["--set", "budget=\u0660.\u0665"], "not a valid float"),
+    (["--grid", "epochs=2,\u0663"], "ASCII digits"),
+    (["--seeds", "1000000000"], "at most 10000 runs"),
+    (["--grid", "seed=" + ",".join(map(str, range(200))), "--grid", "lr=" + ",".join(f"0.0{i}" for i in range(1, 10)),
+      "--seeds", "6"], "at most 10000 runs"),
+])
+def test_queue_add_refuses_what_run_refuses_and_writes_nothing(tmp_path, args, fragment):
+    home = tmp_path / "home"
+    result = invoke("queue", "add", "digits-quick", *args, "--home", str(home), "--data-root", str(tmp_path / "data"))
+    assert_one_line_error(result, 2, fragment)
+    assert not home.exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--set", "seed=" + "9" * 30], "64 bits"),
+    (["--set", "epochs=\u0661\u0662"], "ASCII digits"),
+    (["--seeds", "1000000000"], "at most 10000 runs"),
+])
+def test_run_refuses_huge_and_non_ascii_numbers_before_writing(tmp_path, args, fragment):
+    assert_one_line_error(invoke("run", "digits-quick", *args, "--home", str(tmp_path / "home")), 2, fragment)
+    assert not (tmp_path / "home").exists()
+
+
+def test_queue_add_finds_dataset_files_in_the_data_root_and_accepts_downloads(tmp_path):
+    data = tmp_path / "data" / "cifar-10-batches-py"
+    data.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (data / name).write_bytes(b"")
+    queued = invoke("queue", "add", "cifar10-paper", "--home", str(tmp_path / "home"),
+                    "--data-root", str(tmp_path / "data"), "--json")
+    assert queued.exit_code == 0, queued.output
+    fetched = invoke("queue", "add", "svhn-paper", "--set", "download=true", "--home", str(tmp_path / "home"), "--json")
+    assert fetched.exit_code == 0, fetched.output
+    assert len(json.loads(queued.stdout)["ids"]) == len(json.loads(fetched.stdout)["ids"]) == 1
+
+
+def test_the_model_names_checked_without_torch_are_the_registered_ones():
+    from engine.config import MODELS
+    from engine.train.models import REGISTERED_MODELS
+
+    assert sorted(MODELS) == sorted(REGISTERED_MODELS)
+
+
+def test_history_filters_refuse_non_ascii_digits(tmp_path):
+    assert_one_line_error(invoke("history", "ls", "--where", "seed=\u0661", "--home", str(tmp_path)), 2, "ASCII digits")
+
+
+@pytest.mark.parametrize("args, exit_code, fragment", [
+    (["--cols", ",,,"], 2, "--cols"),
+    (["--cols", "augmentation,,budget"], 2, "empty name"),
+    (["--rows", ""], 2, "--rows"),
+    (["--preset", "nope"], 2, "unknown preset 'nope'"),
+    (["--preset", "digits-quick", "--metric", "final_test_acc"], 3, "no run in the history matches preset=digits-quick"),
+    (["--format", "xls"], 2, "unknown format 'xls'"),
+    (["--chart", "pie"], 2, "unknown chart 'pie'"),
+])
+def test_compare_names_the_option_that_is_wrong(tmp_path, args, exit_code, fragment):
+    assert_one_line_error(invoke("compare", *args, "--home", str(tmp_path / "home")), exit_code, fragment)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["queue", "add"], "Missing argument"),
+    (["--bogus"], "No such option: --bogus"),
+    (["history", "show", "one"], "run_id"),
+    (["history", "show", "\u0661"], "run_id"),
+    (["queue", "add", "digits-quick", "--seeds", "\u0663"], "--seeds"),
+    (["queue", "add", "digits-quick", "--seeds"], "--seeds"),
+    (["nosuchcommand"], "nosuchcommand"),
+])
+def test_a_usage_error_is_one_line_with_exit_2(tmp_path, args, fragment):
+    result = invoke(*args, "--home", str(tmp_path / "home"))
+    assert_one_line_error(result, 2, fragment)
+    assert "╭" not in result.output and not (tmp_path / "home").exists()
+
+
+def test_help_still_prints_the_full_help():
+    result = invoke("queue", "add", "--help")
+    assert result.exit_code == 0
+    assert "Usage" in result.stdout and "--grid" in result.stdout and "--seeds" in result.stdout
+
+
+def test_store_writes_keep_the_history_file_mode(tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        assert invoke("queue", "add", "digits-quick", "--home", str(tmp_path)).exit_code == 0
+        history = tmp_path / "history.json"
+        assert stat.S_IMODE(history.stat().st_mode) == 0o644  # the umask, as for any new file
+        history.chmod(0o664)  # shared with a group on purpose
+        assert invoke("queue", "add", "digits-quick", "--home", str(tmp_path)).exit_code == 0
+        assert stat.S_IMODE(history.stat().st_mode) == 0o664
+    finally:
+        os.umask(previous)

@@ -307,6 +307,11 @@ def test_the_form_sweeps_comma_lists_like_queue_add_grid(tmp_path):
     ("sampler", "magic", "choose one of: sgd, unif-sgd"),
     ("seeds", "0", "seeds must be >= 1"),
     ("more", "colour=red", "unknown config key 'colour'"),
+    ("model", "not_a_model", "unknown model 'not_a_model'"),
+    ("seeds", "\u0662", "seeds must be a whole number in ASCII digits"),
+    ("priority", "\u0663", "priority must be a whole number in ASCII digits"),
+    ("more", "epochs=\u0661\u0662", "epochs must be a whole number in ASCII digits"),
+    ("more", "seed=" + "9" * 30, "within 64 bits"),
 ])
 def test_an_invalid_field_shows_the_engine_message_and_queues_nothing(tmp_path, key, value, message):
     async def scenario(app, pilot):
@@ -319,7 +324,8 @@ def test_an_invalid_field_shows_the_engine_message_and_queues_nothing(tmp_path, 
         await pilot.press("ctrl+s")
         await settle(pilot)
         assert type(app.screen).__name__ == "QueueFormScreen"
-        await set_field(app, pilot, key, {"budget": "0.5", "sampler": "p-sgd", "seeds": "1", "more": ""}[key])
+        valid = {"budget": "0.5", "sampler": "p-sgd", "seeds": "1", "more": "", "model": "small_cnn", "priority": "0"}
+        await set_field(app, pilot, key, valid[key])
         assert shown(app, f"#error-{key}").strip() == ""
         assert not app.screen.query_one("#submit", Button).disabled
 
@@ -338,6 +344,56 @@ def test_a_problem_between_fields_is_shown_under_the_form(tmp_path):
 
     drive(tmp_path, scenario)
     assert not history_path(tmp_path).exists()
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"dataset": "cifar10"}, "cifar10 files missing in"),
+    ({"seeds": "1000000000"}, "at most 10000 runs"),
+])
+def test_the_form_runs_the_pre_flight_checks_of_queue_add(tmp_path, fields, message):
+    async def scenario(app, pilot):
+        await open_preset_form(app, pilot, "digits-quick")
+        for key, value in fields.items():
+            await set_field(app, pilot, key, value)
+        assert message in shown(app, "#form-summary")
+        await pilot.press("ctrl+s")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "QueueFormScreen"
+
+    drive(tmp_path, scenario)
+    assert not history_path(tmp_path).exists()
+
+
+def test_an_unreadable_preset_is_listed_with_its_error_instead_of_loading_for_ever(tmp_path):
+    (tmp_path / "presets" / "folder.toml").mkdir(parents=True)
+    (tmp_path / "presets" / "latin.toml").write_bytes('description = "caf\u00e9"\n'.encode("latin-1"))
+
+    async def scenario(app, pilot):
+        from textual.widgets import OptionList
+
+        options = app.screen.query_one("#preset-list", OptionList)
+        names = [option.id for option in options.options]
+        assert {"digits-quick", "folder", "latin"} <= set(names)
+        for name, reason in (("folder", "cannot be read"), ("latin", "not UTF-8")):
+            options.highlighted = names.index(name)
+            await pilot.pause()
+            assert f"{name}.toml" in shown(app, "#preview") and reason in shown(app, "#preview")
+
+    drive(tmp_path, scenario)
+
+
+def test_presets_that_cannot_be_listed_show_why(tmp_path, monkeypatch):
+    import tui_app.screens.presets
+
+    def unlistable(home):
+        raise PermissionError(13, "Permission denied", str(home / "presets"))
+
+    monkeypatch.setattr(tui_app.screens.presets, "scan_presets", unlistable)
+
+    async def scenario(app, pilot):
+        assert shown(app, "#preview").strip() == f"presets could not be listed: Permission denied: {tmp_path / 'presets'}"
+
+    drive(tmp_path, scenario)
 
 
 def test_queue_shows_live_progress_and_updates_rows_in_place(home):

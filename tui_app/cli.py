@@ -14,24 +14,56 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
-from engine.errors import BadInput, BudgetTuiError
+try:  # newer typer vendors click as typer._click; older releases use click itself
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
+from engine.errors import BadInput, BudgetTuiError, NotFound, explain, one_line
 from engine.paths import DATA_ENV, HOME_ENV, history_path, resolve_data_root, resolve_home
 
 
-class DomainErrorsToExitCodes(TyperGroup):
-    """The one place a domain error of any command becomes one line on stderr and its exit
-    code (DESIGN.md): no traceback for a user's mistake."""
+TRACEBACK_ENV = "BUDGET_TUI_TRACEBACK"  # set to 1 to see where an unexpected error came from
 
-    def invoke(self, ctx: click.Context) -> Any:
+
+class DomainErrorsToExitCodes(TyperGroup):
+    """The one place an error of any command becomes one line on stderr and its exit code
+    (DESIGN.md): no traceback and no box for a user's mistake or a fault of the files."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except BudgetTuiError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(error.exit_code) from None
+        except (typer.Exit, typer.Abort, ClickException):
+            raise  # the command line's own control flow: --help, usage errors, typer.Exit
+        except Exception as error:
+            if os.environ.get(TRACEBACK_ENV) and not isinstance(error, BudgetTuiError):
+                raise
+            message, exit_code = explain(error)
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(exit_code) from None
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Usage errors as one line (`error: ...`) with exit 2, instead of typer's box."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as error:  # a bare command group: its help, as before
+            error.show()
+            sys.exit(error.exit_code)
+        except ClickException as error:
+            context = getattr(error, "ctx", None)
+            hint = f" (see '{context.command_path} --help')" if context is not None else ""
+            typer.echo(f"error: {one_line(error.format_message())}{hint}", err=True)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        # Without standalone mode, an Exit's code is returned rather than exited with.
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 app = typer.Typer(
@@ -83,17 +115,22 @@ def print_json(value: Any) -> None:
 # --- presets
 @presets_app.command("ls")
 def presets_ls(home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """List shipped and user presets."""
-    from engine.presets import list_presets
+    """List shipped and user presets; one that does not load is listed with its error."""
+    from engine.presets import scan_presets
 
-    presets = list_presets(resolve_home(home))
+    listings = scan_presets(resolve_home(home))
     if as_json:
-        print_json([{"name": p.name, "source": p.source, "description": p.description,
-                     "path": str(p.path)} for p in presets])
-        return
-    width = max((len(p.name) for p in presets), default=4)
-    for preset in presets:
-        typer.echo(f"{preset.name:<{width}}  {preset.source:<7}  {preset.description}")
+        print_json([{"name": listing.name, "source": listing.source, "path": str(listing.path),
+                     "description": listing.preset.description if listing.preset else None,
+                     "error": listing.error} for listing in listings])
+    else:
+        width = max((len(listing.name) for listing in listings), default=4)
+        for listing in listings:
+            about = listing.preset.description if listing.preset else f"BROKEN: {listing.error}"
+            typer.echo(f"{listing.name:<{width}}  {listing.source:<7}  {about}")
+    broken = [listing.name for listing in listings if listing.error]
+    if broken:
+        typer.echo(f"warning: {len(broken)} preset(s) do not load and were skipped: {', '.join(broken)}", err=True)
 
 
 @presets_app.command("show")
@@ -267,10 +304,13 @@ def queue_add(
     seeds: Annotated[Optional[int], typer.Option("--seeds", help="Seeds per grid point.")] = None,
     priority: Annotated[int, typer.Option("--priority", help="Higher runs first.")] = 0,
     home: HomeOption = None,
+    data_root: DataRootOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Queue a preset's runs (its grid x --grid x seeds) in one store write."""
+    """Queue a preset's runs (its grid x --grid x seeds) in one store write, after the checks
+    `run` makes: model known, dataset files in the data root."""
     from engine.config import parse_assignments
+    from engine.preflight import check_queueable
     from engine.presets import get_preset, parse_grid_values
     from engine.queue import enqueue, validate_priority
 
@@ -285,7 +325,10 @@ def queue_add(
     if seeds is not None and seeds < 1:
         raise BadInput("--seeds must be >= 1")
     configs = get_preset(preset, home_dir).grid_configs(assignments, grid, seeds)
-    ids = enqueue(_store(home), preset, configs, validate_priority(priority))
+    # The checks `run` makes before it starts, so a run the worker could not start is never queued.
+    priority = validate_priority(priority)
+    check_queueable(configs, resolve_data_root(data_root, home_dir))
+    ids = enqueue(_store(home), preset, configs, priority)
     if as_json:
         print_json({"ids": ids})
     else:
@@ -467,19 +510,31 @@ def compare(
     from engine import compare as analysis
     from engine.config import convert_value, parse_assignments
     from engine.history import filter_runs, parse_filters
+    from engine.plots import FIGURE_SUFFIXES
+    from engine.presets import preset_paths
     from engine.store import Store
 
-    from engine.plots import FIGURE_SUFFIXES
-
+    # Every option is checked before the history is read, so a typo is named as such.
     output_format = "json" if as_json else output_format
+    analysis.check_choice(output_format, analysis.FORMATS, "format")
+    if chart is not None:
+        analysis.check_choice(chart, analysis.CHARTS, "chart")
     if plot is not None and plot.suffix.lower() not in FIGURE_SUFFIXES:  # refused before any output
         raise BadInput(f"--plot writes {' or '.join(FIGURE_SUFFIXES)} files, got {plot.name!r}")
+    row_names, col_names = _names(rows, "--rows"), _names(cols, "--cols")
     filters = parse_filters([*where, *([f"preset={preset}"] if preset else [])])
     baseline_cell = ({key: convert_value(key, value) for key, value in parse_assignments(baseline.split(",")).items()}
                      if baseline else None)
-    runs = filter_runs(Store(history_path(resolve_home(home))).list_runs(), filters)
-    pivot = analysis.build_pivot(runs, rows=_names(rows), cols=_names(cols), metric=metric,
-                                 baseline=baseline_cell)
+    home_dir = resolve_home(home)
+    history = Store(history_path(home_dir)).list_runs()
+    if preset and preset not in preset_paths(home_dir) and all(run.get("preset") != preset for run in history):
+        raise BadInput(f"unknown preset {preset!r}: neither a preset file nor the preset of any run; "
+                       f"presets: {', '.join(preset_paths(home_dir)) or '(none)'}")
+    runs = filter_runs(history, filters)
+    if not runs and filters:
+        described = " ".join(f"{key}={value}" for key, value in filters.items())
+        raise NotFound(f"no run in the history matches {described}")
+    pivot = analysis.build_pivot(runs, rows=row_names, cols=col_names, metric=metric, baseline=baseline_cell)
     figure = analysis.build_chart(chart or "budget", runs, metric) if (chart or plot) else None
     typer.echo(analysis.render(pivot, output_format), nl=False)  # an unknown format is refused here
     if figure is not None and plot is not None:
@@ -493,8 +548,12 @@ def compare(
         typer.echo("\n" + render_text(figure, width=width, height=max(12, width // 4)))
 
 
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
+def _names(text: str, option: str) -> list[str]:
+    """Comma-separated field names; an empty one is a typo, not a wish for fewer fields."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise BadInput(f"{option} {text!r} has an empty name; give field names separated by commas")
+    return names
 
 
 def main() -> None:

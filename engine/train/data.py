@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from engine.errors import BadInput, BudgetTuiError, DatasetFilesMissing
+from engine.preflight import DATASET_FILES, require_files
 
 
 @dataclass(frozen=True)
@@ -37,26 +38,11 @@ class DatasetSplits:
 
 DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "cifar100", "svhn", "mini-imagenet", "imagefolder")
 
-# name -> (directory under data_root, train files, test files, label key, mean, std)
+# name -> (label key, mean, std); the folder and file names are engine.preflight.DATASET_FILES.
 _CIFAR = {
-    "cifar10": (
-        "cifar-10-batches-py",
-        tuple(f"data_batch_{index}" for index in range(1, 6)),
-        ("test_batch",),
-        "labels",
-        (0.4914, 0.4822, 0.4465),
-        (0.2023, 0.1994, 0.2010),
-    ),
-    "cifar100": (
-        "cifar-100-python",
-        ("train",),
-        ("test",),
-        "fine_labels",
-        (0.5071, 0.4867, 0.4408),
-        (0.2675, 0.2565, 0.2761),
-    ),
+    "cifar10": ("labels", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ("fine_labels", (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
-_SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
 _MINI_IMAGENET_MEAN = (0.4728, 0.4487, 0.4031)
 _MINI_IMAGENET_STD = (0.2744, 0.2663, 0.2806)
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
@@ -204,17 +190,6 @@ def _load_digits(split_seed: int) -> DatasetSplits:
     )
 
 
-def _require_files(name: str, directory: Path, file_names: Sequence[str]) -> None:
-    """Raise DatasetFilesMissing naming the directory, the expected files and how to get them."""
-    missing = [file_name for file_name in file_names if not (directory / file_name).is_file()]
-    if missing:
-        raise DatasetFilesMissing(
-            f"{name} files missing in {directory}: expected {', '.join(file_names)} "
-            f"(missing: {', '.join(missing)}); "
-            f"run with `--set download=true` to fetch them, or put the files there"
-        )
-
-
 def _download(name: str, dataset_class: Callable[..., object], **arguments: object) -> None:
     """Run a torchvision download, turning network and archive failures into one clear error."""
     try:
@@ -233,7 +208,8 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
 
 
 def _load_cifar(name: str, data_root: Path, download: bool) -> DatasetSplits:
-    folder, train_files, test_files, label_key, mean, std = _CIFAR[name]
+    folder, train_files, test_files = DATASET_FILES[name]
+    label_key, mean, std = _CIFAR[name]
     if download:
         from torchvision import datasets
 
@@ -242,7 +218,7 @@ def _load_cifar(name: str, data_root: Path, download: bool) -> DatasetSplits:
         for train in (True, False):
             _download(name, dataset_class, root=str(data_root), train=train)
     directory = data_root / folder
-    _require_files(name, directory, train_files + test_files)
+    require_files(name, directory, train_files + test_files)
 
     def read(file_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         batches = [_read_cifar_batch(directory / file_name, label_key) for file_name in file_names]
@@ -253,13 +229,14 @@ def _load_cifar(name: str, data_root: Path, download: bool) -> DatasetSplits:
 
 
 def _load_svhn(data_root: Path, download: bool) -> DatasetSplits:
-    directory = data_root / "svhn"
+    folder, (train_file,), (test_file,) = DATASET_FILES["svhn"]
+    directory = data_root / folder
     if download:
         from torchvision import datasets
 
         for split in ("train", "test"):
             _download("svhn", datasets.SVHN, root=str(directory), split=split)
-    _require_files("svhn", directory, _SVHN_FILES)
+    require_files("svhn", directory, (train_file, test_file))
     from scipy.io import loadmat
 
     def read(file_name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +245,6 @@ def _load_svhn(data_root: Path, download: bool) -> DatasetSplits:
         images = contents["X"].transpose(3, 2, 0, 1)
         return images, contents["y"].reshape(-1).astype(np.int64) % 10
 
-    train_file, test_file = _SVHN_FILES
     return _splits_from_arrays(
         "svhn", read(train_file), read(test_file), num_classes=10, flip=False, mean=(0.5,) * 3, std=(0.5,) * 3
     )

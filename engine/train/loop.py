@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy
-import timm
 import torch
 import torch.nn.functional as F
 
 from engine.config import RunConfig
 from engine.errors import BadInput
 from engine.paths import CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, USAGE_NAME
+from engine.preflight import check_model_known
 from engine.train.augment import create_augmentation, per_sample_loss, score_credit
 from engine.train.budget import BudgetPlan, learning_rate, plan_budget
 from engine.train.data import DatasetSplits, load_dataset, split_validation
-from engine.train.models import REGISTERED_MODELS, build_model, forward_flops_per_sample
+from engine.train.models import build_model, forward_flops_per_sample
 from engine.train.samplers import Scorer, create_sampler
 
 
@@ -98,11 +98,7 @@ def check_runnable(
     unknown model, no CUDA, missing dataset files, a budget under one batch. Returns the
     data (loaded here unless already given)."""
     resolve_device(config.device)
-    if not timm.is_model(config.model):
-        raise BadInput(
-            f"unknown model {config.model!r}; ours: {', '.join(REGISTERED_MODELS)} "
-            "(any name from timm.list_models() works too)"
-        )
+    check_model_known(config.model)
     data = data if data is not None else load_run_data(config, data_root)
     try:
         plan_budget(config, data[0].train_images.shape[0])

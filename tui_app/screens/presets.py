@@ -4,9 +4,6 @@ enter opens the queue form. A preset file that does not load is listed with its 
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 from rich.text import Text
@@ -17,37 +14,15 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
+from textual.worker import Worker, WorkerState
 
-from engine.errors import BadInput
-from engine.presets import Preset, load_preset_file, preset_paths
+from engine.errors import explain
+from engine.presets import PresetListing, scan_presets
 from tui_app.screens.base import AppScreen
 from tui_app.screens.queue_form import QueueFormScreen
 
 
-@dataclass(frozen=True)
-class PresetEntry:
-    name: str
-    source: str
-    preset: Preset | None  # None when the file does not load
-    runs: int | None  # runs the preset queues as it stands
-    error: str | None
-
-
-def load_entries(home: Path) -> list[PresetEntry]:
-    """Every preset file, each loaded on its own so a broken one does not hide the others."""
-    entries = []
-    for name, (path, source) in preset_paths(home).items():
-        try:
-            preset = load_preset_file(path, source)
-            # The size of grid_configs() without building every config (the form checks them).
-            runs = math.prod(len(values) for values in preset.grid.values()) * preset.seeds
-            entries.append(PresetEntry(name, source, preset, runs, None))
-        except BadInput as error:
-            entries.append(PresetEntry(name, source, None, None, str(error)))
-    return entries
-
-
-def preview(entry: PresetEntry) -> Text:
+def preview(entry: PresetListing) -> Text:
     text = Text()
     text.append(entry.name, style="bold")
     text.append(f"  ({entry.source})\n", style="dim")
@@ -57,7 +32,7 @@ def preview(entry: PresetEntry) -> Text:
     preset = entry.preset
     text.append(f"{preset.description}\n\n")
     sizes = " × ".join([*(str(len(values)) for values in preset.grid.values()), f"{preset.seeds} seeds"])
-    text.append(f"{'runs':<17} {entry.runs}", style="bold")
+    text.append(f"{'runs':<17} {preset.run_count()}", style="bold")
     text.append(f" ({sizes})\n" if preset.grid else "\n")
     text.append(f"{'seeds':<17} {preset.seeds}\n", style="bold")
     if preset.grid:
@@ -77,13 +52,13 @@ class PresetsScreen(AppScreen):
                         tooltip="Open the queue form for the selected preset")]
 
     class Loaded(Message):
-        def __init__(self, entries: list[PresetEntry]) -> None:
+        def __init__(self, entries: list[PresetListing]) -> None:
             self.entries = entries
             super().__init__()
 
     def __init__(self) -> None:
         super().__init__()
-        self.entries: list[PresetEntry] = []
+        self.entries: list[PresetListing] = []
 
     def compose_body(self) -> Iterable[Widget]:
         with Horizontal(id="presets-body"):
@@ -94,9 +69,15 @@ class PresetsScreen(AppScreen):
     def on_mount(self) -> None:
         self._load()
 
-    @work(thread=True, exit_on_error=False)
+    @work(thread=True, exit_on_error=False, group="presets-load")
     def _load(self) -> None:
-        self.post_message(self.Loaded(load_entries(self.budget_app.home)))
+        self.post_message(self.Loaded(scan_presets(self.budget_app.home)))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        super().on_worker_state_changed(event)
+        if event.state == WorkerState.ERROR and event.worker.group == "presets-load":
+            message, _ = explain(event.worker.error)  # instead of "loading presets…" for ever
+            self.query_one("#preview", Static).update(Text(f"presets could not be listed: {message}", style="red"))
 
     def on_presets_screen_loaded(self, message: Loaded) -> None:
         self.entries = message.entries
@@ -110,7 +91,7 @@ class PresetsScreen(AppScreen):
         options.focus()
 
     @staticmethod
-    def _label(entry: PresetEntry) -> Text:
+    def _label(entry: PresetListing) -> Text:
         label = Text(entry.name)
         if entry.error:
             label.append(" (broken)", style="red")

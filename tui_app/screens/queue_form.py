@@ -3,13 +3,15 @@
 Every field takes one value or a comma-separated list (a list sweeps the field, like
 `queue add --grid`); "more" takes further `key=value` or `key=v1,v2` settings. As it is
 typed, the form is checked in a thread worker with the engine's own conversions and
-RunConfig validation, field by field and then whole with Preset.grid_configs (the path
-`queue add` takes); a valid form is queued with one engine.queue.enqueue call.
+RunConfig validation, field by field and then whole with Preset.grid_configs and the
+pre-flight checks (the path `queue add` takes); a valid form is queued with one
+engine.queue.enqueue call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 from textual import on, work
@@ -21,8 +23,10 @@ from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Static
 from textual.worker import Worker, WorkerState
 
-from engine.config import AUGMENTATIONS, DATASETS, DEVICES, SAMPLERS, RunConfig, parse_assignments
+from engine.config import AUGMENTATIONS, DATASETS, DEVICES, SAMPLERS, RunConfig, parse_assignments, parse_whole_number
 from engine.errors import BadInput
+from engine.paths import resolve_data_root
+from engine.preflight import check_model_known, check_queueable
 from engine.presets import Preset, parse_grid_values
 from engine.queue import enqueue, validate_priority
 from tui_app.screens.base import AppScreen, LatestOnly
@@ -42,25 +46,20 @@ def check_values(preset: Preset, key: str, text: str) -> list[Any]:
     values = parse_grid_values(key, text)
     for value in values:
         preset.config({key: value})
+        if key == "model":
+            check_model_known(value)
     return values
 
 
 def check_seeds(text: str) -> int:
-    try:
-        seeds = int(text)
-    except ValueError:
-        raise BadInput(f"seeds must be a whole number >= 1, got {text!r}") from None
+    seeds = parse_whole_number(text, "seeds")
     if seeds < 1:
         raise BadInput("seeds must be >= 1")
     return seeds
 
 
 def check_priority(text: str) -> int:
-    try:
-        priority = int(text)
-    except ValueError:
-        raise BadInput(f"priority must be a whole number, got {text!r}") from None
-    return validate_priority(priority)
+    return validate_priority(parse_whole_number(text, "priority"))
 
 
 def check_more(preset: Preset, text: str) -> dict[str, list[Any]]:
@@ -84,8 +83,9 @@ class FormCheck:
         return self.problem is None
 
 
-def check_form(preset: Preset, texts: dict[str, str]) -> FormCheck:
-    """Every field on its own, then the runs of the whole form as `queue add` builds them."""
+def check_form(preset: Preset, texts: dict[str, str], data_root: Path) -> FormCheck:
+    """Every field on its own, then the runs of the whole form as `queue add` builds and
+    checks them (dataset files looked for in `data_root`)."""
     grid: dict[str, list[Any]] = {}
     errors: dict[str, str] = {}
     seeds, priority = 1, 0
@@ -105,6 +105,7 @@ def check_form(preset: Preset, texts: dict[str, str]) -> FormCheck:
         return FormCheck(texts, errors, "fix the field marked above to queue")
     try:
         configs = preset.grid_configs(None, grid, seeds)
+        check_queueable(configs, data_root)
     except BadInput as error:
         return FormCheck(texts, problem=str(error))
     return FormCheck(texts, configs=configs, priority=priority)
@@ -191,7 +192,8 @@ class QueueFormScreen(AppScreen):
 
     @work(thread=True, exit_on_error=False, group="form-check")
     def _run_check(self, texts: dict[str, str]) -> None:
-        self.post_message(self.Checked(check_form(self.preset, texts)))
+        data_root = resolve_data_root(self.budget_app.data_root, self.budget_app.home)
+        self.post_message(self.Checked(check_form(self.preset, texts, data_root)))
 
     def on_queue_form_screen_checked(self, message: Checked) -> None:
         self._checks.finished()
