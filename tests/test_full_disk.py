@@ -71,7 +71,7 @@ def test_a_full_disk_while_saving_checkpoints_fails_each_run_with_its_cause_and_
     assert "Traceback" not in worker.stderr
     runs = Store(small_home / "history.json").list_runs()
     assert [run["state"] for run in runs] == ["failed", "failed"]
-    assert all("No space left on device" in run["outcome"]["message"] for run in runs), runs
+    assert all("No space left on device" in run["outcome"]["message"] for run in runs), [run["outcome"] for run in runs]
     assert not list(small_home.rglob("*.tmp"))
     json.loads((small_home / "history.json.bak").read_text())  # the backup parses too
 

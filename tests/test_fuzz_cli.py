@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from engine.config import RunConfig
 from engine.paths import history_path
-from engine.runs import new_record
+from engine.records import new_record
 from engine.store import Store
 from tui_app.cli import app
 
