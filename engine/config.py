@@ -158,6 +158,15 @@ class RunConfig:
                 "budget_mode=scan (or fidelity=faithful to reproduce the reference code, "
                 "whose LR just collapses early)"
             )
+        if self.sampler == "sb" and self.budget < 1.0 and self.budget_mode == "scan":
+            # sb spends its budget through its selection rate (beta = 1/b - 1 keeps about a
+            # fraction b of what it scores); scan's round(b*epochs) full epochs would cut
+            # it a second time, to about b*b of the nominal backprop.
+            raise BadInput(
+                "sampler=sb sets its backprop budget through its selection rate, so budget < 1 "
+                "needs budget_mode=subset (in scan mode its round(b*epochs) epochs would "
+                "backprop only about b*b of the nominal steps)"
+            )
 
 
 @functools.cache
