@@ -156,7 +156,7 @@ class RunConfig:
             raise BadInput(
                 "sampler=sgd trains on the full set each epoch, so budget < 1 needs "
                 "budget_mode=scan (or fidelity=faithful to reproduce the reference code, "
-                "whose LR just collapses early)"
+                "which runs the full data every epoch under a sawtooth LR)"
             )
         if self.sampler == "sb" and self.budget < 1.0 and self.budget_mode == "scan":
             # sb spends its budget through its selection rate (beta = 1/b - 1 keeps about a
