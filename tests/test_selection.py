@@ -430,3 +430,76 @@ def test_ub_presamples_only_while_the_smoothed_tau_exceeds_the_threshold(
         assert on_steps == list(range(first_on, 11))
         if momentum == 0.0:  # every step's tau is sqrt(10), from the batch or the presample
             assert tau_means == pytest.approx([math.sqrt(10)] * 2, rel=1e-5)
+
+
+# --- through the training loop: what ub's uniform phase costs, which views are trained
+
+
+def test_ub_switched_off_costs_exactly_what_unif_sgd_costs(tmp_path, digits):
+    # A presample of 10 batches puts tau_th at (640 + 192) / 192 = 4.3: never reached here.
+    ub = train(_digits_config("ub", budget=1.0, ub_presample=10), tmp_path / "ub", data_root=tmp_path,
+               data=(digits, None))
+    assert all(record["ub_importance_fraction"] == 0.0 for record in _metrics(tmp_path / "ub"))
+    uniform = train(_digits_config("unif-sgd", budget=1.0), tmp_path / "uniform", data_root=tmp_path,
+                    data=(digits, None))
+    assert ub["samples_forwarded_scoring"] == 0
+    for key in ("steps", "samples_backprop", "samples_forwarded", "flops_train", "flops_budget_used"):
+        assert ub[key] == uniform[key], key
+    assert ub["flops_budget_used"] == 1.0
+
+
+def _spy_on_model_inputs(monkeypatch) -> list[tuple[bool, torch.Tensor]]:
+    """Every input the run's model is given outside evaluation, with whether it was in
+    training mode (the step) or not (a scoring forward)."""
+    import engine.train.loop as loop
+
+    seen: list[tuple[bool, torch.Tensor]] = []
+    evaluating = []
+    build, evaluate = loop.build_model, loop.evaluate
+
+    def record(module, inputs):
+        if not evaluating:
+            seen.append((module.training, inputs[0].detach().clone()))
+
+    def build_and_spy(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_pre_hook(record)
+        return model
+
+    def evaluate_unseen(*args, **kwargs):
+        evaluating.append(True)
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            evaluating.pop()
+
+    monkeypatch.setattr(loop, "build_model", build_and_spy)
+    monkeypatch.setattr(loop, "evaluate", evaluate_unseen)
+    return seen
+
+
+@pytest.mark.parametrize("name, changes", [
+    ("sb", {"budget": 0.3, "epochs": 5}),
+    # One batch of presample: tau_th = 4/3, so importance sampling switches on within the run.
+    ("ub", {"budget": 1.0, "ub_presample": 1, "epochs": 5}),
+])
+def test_scored_samples_train_on_the_very_views_they_were_scored_on(tmp_path, digits, monkeypatch, name, changes):
+    seen = _spy_on_model_inputs(monkeypatch)
+    summary = train(_digits_config(name, **changes), tmp_path / "run", data_root=tmp_path, data=(digits, None))
+    assert summary["samples_forwarded_scoring"] > 0
+    scored_rows: set[bytes] = set()
+    chosen_after_scoring = 0
+    scored_since_last_step = False
+    first_step = next(position for position, (training, _) in enumerate(seen) if training)
+    for training, inputs in seen[first_step:]:  # before it: the FLOP-counting forward
+        rows = {row.numpy().tobytes() for row in inputs}
+        if not training:  # a scoring forward
+            scored_rows |= rows
+            scored_since_last_step = True
+            continue
+        if scored_since_last_step:  # a batch chosen from scored candidates
+            # A re-drawn crop (1 pixel of padding: 9 positions) would miss most of them.
+            assert rows <= scored_rows
+            chosen_after_scoring += 1
+        scored_since_last_step = False
+    assert chosen_after_scoring > 0
