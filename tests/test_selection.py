@@ -480,6 +480,8 @@ def _spy_on_model_inputs(monkeypatch) -> list[tuple[bool, torch.Tensor]]:
 
 @pytest.mark.parametrize("name, changes", [
     ("sb", {"budget": 0.3, "epochs": 5}),
+    # RandAugment is part of each image's view: scoring sees it too.
+    ("sb", {"budget": 0.3, "epochs": 5, "augmentation": "randaugment"}),
     # One batch of presample: tau_th = 4/3, so importance sampling switches on within the run.
     ("ub", {"budget": 1.0, "ub_presample": 1, "epochs": 5}),
 ])
@@ -503,3 +505,38 @@ def test_scored_samples_train_on_the_very_views_they_were_scored_on(tmp_path, di
             chosen_after_scoring += 1
         scored_since_last_step = False
     assert chosen_after_scoring > 0
+
+
+def test_mixing_is_applied_after_selection_to_the_scored_views(tmp_path, digits, monkeypatch):
+    """Under mixup, sb's scoring sees each candidate's own view (its own label), and the
+    selected samples' same views are what mixup then blends."""
+    import engine.train.augment as augment
+    import engine.train.samplers as samplers
+
+    events: list[tuple[str, set[bytes]]] = []
+    score, mix = samplers.Scorer.__call__, augment.MixupAugmentation.mix
+
+    def score_and_record(self, indices, **kwargs):
+        scored = score(self, indices, **kwargs)
+        events.append(("scored", {row.numpy().tobytes() for row in scored.views}))
+        return scored
+
+    def record_and_mix(self, views, generator):
+        events.append(("mixed", {row.numpy().tobytes() for row in views}))
+        return mix(self, views, generator)
+
+    monkeypatch.setattr(samplers.Scorer, "__call__", score_and_record)
+    monkeypatch.setattr(augment.MixupAugmentation, "mix", record_and_mix)
+    config = _digits_config("sb", budget=0.3, epochs=5, augmentation="mixup")
+    train(config, tmp_path / "run", data_root=tmp_path, data=(digits, None))
+    scored_rows: set[bytes] = set()
+    mixed_after_scoring = 0
+    previous = None
+    for kind, rows in events:
+        if kind == "scored":
+            scored_rows |= rows
+        elif previous == "scored":
+            assert rows <= scored_rows
+            mixed_after_scoring += 1
+        previous = kind
+    assert mixed_after_scoring > 0
