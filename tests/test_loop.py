@@ -102,7 +102,7 @@ def test_same_seed_same_run_different_seed_different_run(tmp_path, digits, refer
     assert not all(torch.equal(reference_weights[name], other_weights[name]) for name in reference_weights)
 
 
-@pytest.mark.parametrize("sampler, budget", [("unif-sgd", 0.5), ("random-subset", 0.5), ("sgd", 1.0)])
+@pytest.mark.parametrize("sampler, budget", [("unif-sgd", 0.5), ("random-subset", 0.5), ("sgd", 1.0), ("ub", 1.0)])
 def test_resume_ends_identical_to_an_uninterrupted_run(tmp_path, digits, sampler, budget):
     config = _config(sampler=sampler, budget=budget)
     uninterrupted = train(config, tmp_path / "a", data_root=tmp_path, data=(digits, None))
