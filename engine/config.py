@@ -168,7 +168,16 @@ class RunConfig:
             raise BadInput(
                 "sampler=sgd trains on the full set each epoch, so budget < 1 needs "
                 "budget_mode=scan (or fidelity=faithful to reproduce the reference code, "
-                "whose LR just collapses early)"
+                "which runs the full data every epoch under a sawtooth LR)"
+            )
+        if self.sampler == "sb" and self.budget < 1.0 and self.budget_mode == "scan":
+            # sb spends its budget through its selection rate (beta = 1/b - 1 keeps about a
+            # fraction b of what it scores); scan's round(b*epochs) full epochs would cut
+            # it a second time, to about b*b of the nominal backprop.
+            raise BadInput(
+                "sampler=sb sets its backprop budget through its selection rate, so budget < 1 "
+                "needs budget_mode=subset (in scan mode its round(b*epochs) epochs would "
+                "backprop only about b*b of the nominal steps)"
             )
 
 

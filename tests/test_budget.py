@@ -4,7 +4,7 @@ import pytest
 
 from engine.config import RunConfig
 from engine.errors import BadInput
-from engine.train.budget import BudgetPlan, learning_rate, plan_budget
+from engine.train.budget import BudgetPlan, ScheduleClock, learning_rate, plan_budget
 
 CIFAR_TRAIN = 50_000
 PAPER_STEPS_PER_EPOCH = {0.2: 78, 0.3: 117, 0.5: 195, 0.7: 273, 1.0: 390}
@@ -111,16 +111,61 @@ def test_step_schedule_drops_by_gamma_at_each_milestone():
     assert rates == pytest.approx(expected, rel=1e-12)
 
 
-def test_faithful_sgd_collapses_the_lr_early_but_runs_the_full_schedule():
-    config = _config(sampler="sgd", budget=0.5, budget_mode="subset", fidelity="faithful",
-                     epochs=4, batch_size=100, lr=0.1, lr_min=1e-6)
+def _lr_of_step(step: int, plan: BudgetPlan, config: RunConfig, clock: ScheduleClock | None = None) -> float:
+    return learning_rate((clock or ScheduleClock.for_plan(plan)).position(step), plan, config)
+
+
+def test_faithful_sgd_runs_full_epochs_on_the_reference_sawtooth():
+    """The reference code with `SGD --budget 0.3` on CIFAR: every epoch runs all 390
+    batches, and batch c of epoch e reads entry (e-1)*117 + c of a 200*117-entry linear
+    table from 0.1 to 1e-6, held at 1e-6 past its end."""
+    config = _config(sampler="sgd", budget=0.3, budget_mode="subset", fidelity="faithful",
+                     epochs=200, batch_size=128, lr=0.1, lr_min=1e-6)
+    plan = plan_budget(config, CIFAR_TRAIN)
+    full, budgeted = CIFAR_TRAIN // 128, int(0.3 * CIFAR_TRAIN) // 128
+    assert (full, budgeted) == (390, 117)
+    table = 200 * budgeted
+    # It spends the full compute: every nominal step runs.
+    assert (plan.epochs, plan.steps_per_epoch, plan.total_steps) == (200, full, plan.nominal_steps)
+    clock = ScheduleClock.for_plan(plan)
+    first_at_lr_min = None
+    for epoch in range(1, 201):
+        for batch in range(1, full + 1):
+            entry = (epoch - 1) * budgeted + batch
+            expected = 0.1 - (entry - 1) * (0.1 - 1e-6) / (table - 1) if entry < table else 1e-6
+            step = (epoch - 1) * full + batch
+            actual = _lr_of_step(step, plan, config, clock)
+            assert actual == pytest.approx(expected, rel=1e-12, abs=1e-18), (epoch, batch)
+            if first_at_lr_min is None and entry >= table:
+                first_at_lr_min = (epoch, batch)
+    # 1e-6 is first reached 351 batches (0.9) into epoch 198, not near epoch 61 (0.3 * 200).
+    assert first_at_lr_min == (198, 351)
+    # The sawtooth: within an epoch the LR overshoots, then jumps back up at the next one.
+    assert _lr_of_step(full + 1, plan, config) > _lr_of_step(full, plan, config)
+
+
+def test_the_clock_is_the_identity_without_a_re_plan():
+    config = _config(budget=0.5, epochs=3, batch_size=100)
     plan = plan_budget(config, 1000)
-    assert plan == BudgetPlan(num_train=1000, samples_per_epoch=1000, steps_per_epoch=10, epochs=4,
-                              total_steps=40, nominal_steps=40, lr_steps=20)
-    for step in range(1, 20):
-        assert learning_rate(step, plan, config) == _spec_linear_lr(step, 20, 0.1, 1e-6)
-    assert learning_rate(20, plan, config) == pytest.approx(1e-6, rel=1e-9, abs=0)
-    assert [learning_rate(step, plan, config) for step in range(21, 41)] == [1e-6] * 20
+    clock = ScheduleClock.for_plan(plan)
+    clock.replan(5, plan.total_steps)  # the same total: nothing changes
+    assert [clock.position(step) for step in range(1, 16)] == list(range(1, 16))
+
+
+def test_a_re_planned_clock_ends_its_last_step_on_the_table_end():
+    config = _config(budget=1.0, epochs=3, batch_size=100, lr=0.1, lr_min=1e-6)
+    plan = plan_budget(config, 1000)  # 30 steps planned
+    clock = ScheduleClock.for_plan(plan)
+    clock.replan(10, 23)  # after 10 steps the run expects 13 more, not 20
+    positions = [clock.position(step) for step in range(11, 24)]
+    assert positions[0] == pytest.approx(10 + 20 / 13)
+    assert all(earlier < later for earlier, later in zip([10.0] + positions, positions))
+    assert positions[-1] == 30
+    assert learning_rate(clock.position(23), plan, config) == 1e-6
+    state = clock.state_dict()
+    restored = ScheduleClock.for_plan(plan)
+    restored.load_state_dict(state)
+    assert [restored.position(step) for step in range(11, 24)] == positions
 
 
 def test_corrected_sgd_with_a_subset_budget_is_rejected():

@@ -153,11 +153,14 @@ def test_p_sgd_gives_unseen_samples_the_highest_seen_score(fidelity):
 
 
 @pytest.mark.parametrize("name", SCORE_SAMPLERS)
-@pytest.mark.parametrize("warmup", [0, 2])
-def test_warm_up_epochs_draw_exactly_like_unif_sgd(name, warmup):
-    sampler = _make(_config(name, warmup_epochs=warmup, epochs=5), 60)
+@pytest.mark.parametrize("fidelity, warmup, uniform_epochs", [
+    ("corrected", 0, 1), ("corrected", 2, 2), ("corrected", 3, 3),
+    # The reference tests its 1-based epoch with `epoch < warmup`: W - 1 uniform epochs.
+    ("faithful", 0, 1), ("faithful", 2, 1), ("faithful", 3, 2),
+])
+def test_warm_up_epochs_draw_exactly_like_unif_sgd(name, fidelity, warmup, uniform_epochs):
+    sampler = _make(_config(name, warmup_epochs=warmup, epochs=5, fidelity=fidelity), 60)
     uniform = _make(_config("unif-sgd", epochs=5), 60)
-    uniform_epochs = max(1, warmup)
     for epoch in range(uniform_epochs + 1):
         batches = _batches(sampler, epoch)
         same = torch.equal(_used(batches), _used(_batches(uniform, epoch)))
@@ -215,6 +218,19 @@ def test_infobatch_never_backpropagates_more_than_the_budget(budget):
         kept_counts.append(kept)
     pruning = kept_counts[: plan.epochs - 1 - sampler.final_epochs]
     assert all((kept < plan.samples_per_epoch) == (budget == 0.9) for kept in pruning)
+
+
+def test_infobatch_expects_the_later_pruned_epochs_as_long_as_this_one():
+    # 8 epochs, the last one full; batch 10, k = 100 at b = 1: r = 0.5 keeps about 75.
+    sampler = _infobatch_with_losses(100, seen=100, below=50, budget=1.0, epochs=8, infobatch_prune=0.5)
+    plan = sampler.plan
+    assert sampler.expected_total_steps(0) == plan.total_steps == 80  # nothing pruned yet
+    batches = _batches(sampler, 3)
+    assert len(batches) < plan.steps_per_epoch
+    # Epochs 4..7 (1-based) are pruned like this one; epoch 8 is a full one.
+    assert sampler.expected_total_steps(30) == 30 + 4 * len(batches) + 10
+    _batches(sampler, 7)
+    assert sampler.expected_total_steps(60) == 70  # the final epoch is known exactly
 
 
 def test_infobatch_keeps_everything_before_any_loss_is_known():
@@ -331,3 +347,34 @@ def test_p_sgd_resume_ends_identical_to_an_uninterrupted_run(digits, tmp_path):
     assert [record["test_acc"] for record in lines[0]] == [record["test_acc"] for record in lines[1]]
     assert [record["max_probability_vs_uniform"] for record in lines[0]] == [
         record["max_probability_vs_uniform"] for record in lines[1]]
+
+
+def test_infobatch_ends_its_lr_anneal_on_its_last_step_and_says_why_it_spent_less(digits, tmp_path):
+    config = _run_config("infobatch").replace(budget=1.0, epochs=4)
+    summary = train(config, tmp_path / "run", data_root=tmp_path, data=(digits, None))
+    plan = plan_budget(config, digits.train_images.shape[0])
+    metrics = _metrics(tmp_path / "run")
+    assert metrics[-1]["lr"] == config.lr_min  # pruned epochs no longer cut the anneal short
+    assert metrics[-1]["step"] == summary["steps"] < plan.total_steps
+    assert summary["budget_used"] == summary["steps"] / plan.nominal_steps < summary["budget_planned"] == 1.0
+    assert summary["flops_budget_used"] == pytest.approx(summary["budget_used"], rel=1e-12)
+    assert "infobatch prunes" in summary["budget_unspent_reason"]
+    # The LR falls monotonically through the re-plans.
+    lrs = [record["lr"] for record in metrics]
+    assert all(earlier > later for earlier, later in zip(lrs, lrs[1:]))
+
+
+def test_infobatch_resume_after_a_re_plan_ends_identical(digits, tmp_path):
+    config = _run_config("infobatch").replace(budget=1.0, epochs=4)
+    uninterrupted = train(config, tmp_path / "a", data_root=tmp_path, data=(digits, None))
+
+    def stop_after_second_epoch(event: dict) -> None:
+        if event["event"] == "epoch" and event["epoch"] == 2:
+            raise StopAfterFirstEpoch
+
+    with pytest.raises(StopAfterFirstEpoch):
+        train(config, tmp_path / "b", data_root=tmp_path, on_event=stop_after_second_epoch, data=(digits, None))
+    resumed = train(config, tmp_path / "b", data_root=tmp_path, data=(digits, None))
+    for key in ("final_test_acc", "final_test_loss", "steps", "samples_backprop", "flops_budget_used"):
+        assert resumed[key] == uninterrupted[key], key
+    assert [record["lr"] for record in _metrics(tmp_path / "a")] == [record["lr"] for record in _metrics(tmp_path / "b")]

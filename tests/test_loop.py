@@ -102,7 +102,7 @@ def test_same_seed_same_run_different_seed_different_run(tmp_path, digits, refer
     assert not all(torch.equal(reference_weights[name], other_weights[name]) for name in reference_weights)
 
 
-@pytest.mark.parametrize("sampler, budget", [("unif-sgd", 0.5), ("random-subset", 0.5), ("sgd", 1.0)])
+@pytest.mark.parametrize("sampler, budget", [("unif-sgd", 0.5), ("random-subset", 0.5), ("sgd", 1.0), ("ub", 1.0)])
 def test_resume_ends_identical_to_an_uninterrupted_run(tmp_path, digits, sampler, budget):
     config = _config(sampler=sampler, budget=budget)
     uninterrupted = train(config, tmp_path / "a", data_root=tmp_path, data=(digits, None))
@@ -188,6 +188,9 @@ def test_accounting_at_half_budget_in_subset_mode(tmp_path, digits):
     assert summary["steps"] == 2 * steps_per_epoch
     assert summary["samples_backprop"] == 2 * steps_per_epoch * 64
     assert summary["budget_used"] == (2 * 11) / (2 * 22) == 0.5
+    # FLOPs against the nominal full-budget unif-sgd run: 3 x forward x 2 x 22 steps x 64.
+    flops = summary["flops_forward_per_sample"]
+    assert summary["flops_budget_used"] == summary["flops_train"] / (3 * flops * 2 * 22 * 64) == 0.5
     records = _metrics(tmp_path / "run")
     # unif-sgd draws without replacement: the first epoch sees each used sample once.
     assert records[0]["distinct_seen"] == 11 * 64
@@ -210,6 +213,20 @@ def test_accounting_in_scan_mode(tmp_path, digits):
     # Full-data epochs with drop_last: each drops a different remainder of 1437 - 22*64.
     assert first == 22 * 64
     assert 22 * 64 < second <= DIGITS_TRAIN
+
+
+def test_faithful_sgd_below_full_budget_spends_the_full_compute_on_the_sawtooth(tmp_path, digits):
+    config = _config(sampler="sgd", budget=0.3, fidelity="faithful", epochs=5, batch_size=128)
+    summary = train(config, tmp_path / "run", data_root=tmp_path, data=(digits, None))
+    full, budgeted = DIGITS_TRAIN // 128, int(0.3 * DIGITS_TRAIN) // 128  # 11 and 3
+    table = 5 * budgeted
+    assert summary["steps"] == 5 * full
+    assert summary["budget_used"] == summary["flops_budget_used"] == summary["budget_planned"] == 1.0
+    # The last batch of epoch e reads table entry (e-1)*3 + 11, held at lr_min past 15.
+    expected = [config.lr - (entry - 1) * (config.lr - config.lr_min) / (table - 1) if entry < table
+                else config.lr_min for entry in ((epoch - 1) * budgeted + full for epoch in range(1, 6))]
+    assert [record["lr"] for record in _metrics(tmp_path / "run")] == pytest.approx(expected, rel=1e-12)
+    assert expected[1] > config.lr_min == expected[2]
 
 
 def test_metrics_lr_is_the_lr_of_each_epochs_last_step(reference_run):

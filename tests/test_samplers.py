@@ -36,10 +36,13 @@ def _make(name: str, num_samples: int, config: RunConfig, seed: int = 0) -> Samp
 
 
 def _dummy_scorer(num_samples: int) -> Scorer:
+    """Fixed random logits per sample: distinct losses, since sb never keeps a loss that
+    no recorded loss lies below."""
     labels = torch.arange(num_samples) % NUM_CLASSES
+    logits = torch.randn(num_samples, NUM_CLASSES, generator=torch.Generator().manual_seed(5))
 
     def forward(indices: torch.Tensor, train_mode: bool):
-        return torch.zeros(indices.shape[0], NUM_CLASSES), labels[indices]
+        return logits[indices], labels[indices]
 
     return Scorer(forward)
 
@@ -51,7 +54,7 @@ def _epoch(sampler: Sampler, epoch: int, scorer: Scorer) -> list[Batch]:
         if sampler.needs_scores:
             size = batch.indices.shape[0]
             sampler.observe(Credit(batch.indices, torch.ones(size), batch.indices, torch.full((size,), 0.5),
-                                   torch.ones(size)))
+                                   torch.ones(size), torch.rand(size, generator=torch.Generator().manual_seed(size))))
     return batches
 
 
@@ -157,7 +160,7 @@ def test_unknown_sampler_is_bad_input():
 
 def test_scorer_counts_every_forwarded_sample():
     seen = []
-    scorer = Scorer(lambda indices, train_mode: (seen.append(train_mode), indices)[1])
+    scorer = Scorer(lambda indices, train_mode: (seen.append(train_mode), (indices, indices))[1])
     scorer(torch.arange(7))
     scorer(torch.arange(5), train_mode=True)
     assert scorer.forwarded == 12
@@ -179,7 +182,7 @@ def scoring_sampler():
             size = self.batch_size
             for _ in range(self.plan.steps_per_epoch):
                 candidates = self._permutation(self.num_samples)[: CANDIDATES_PER_STEP * size]
-                logits, labels = scorer(candidates)
+                logits, labels, _ = scorer(candidates)
                 calls.append((candidates, logits, labels))
                 losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
                 yield Batch(candidates[losses.argsort(descending=True)[:size]])

@@ -9,6 +9,7 @@ import torch
 
 import engine.train.selection  # noqa: F401  registers sb and ub
 from engine.config import RunConfig
+from engine.train.augment import Credit
 from engine.train.budget import plan_budget
 from engine.train.data import load_dataset
 from engine.paths import CHECKPOINT_NAME, METRICS_NAME
@@ -48,8 +49,32 @@ def _fixed_logits(num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _random_loss_scorer(num_samples: int) -> Scorer:
+    """Fixed logits per sample; each candidate's view is its id, so a batch's views show
+    whose they are."""
     logits, labels = _fixed_logits(num_samples)
-    return Scorer(lambda indices, train_mode: (logits[indices], labels[indices]))
+
+    def forward(indices: torch.Tensor, train_mode: bool):
+        return logits[indices], labels[indices], indices[:, None].clone()
+
+    return Scorer(forward)
+
+
+def _credit(indices: torch.Tensor) -> Credit:
+    """What the training forward of a batch would report, from the fixed logits."""
+    logits, labels = _fixed_logits(DIGITS_TRAIN)
+    losses = torch.nn.functional.cross_entropy(logits[indices], labels[indices], reduction="none")
+    ones = torch.ones(indices.shape[0])
+    return Credit(indices, losses, indices, ones - 0.5, ones, gradient_norm_scores(logits[indices], labels[indices]))
+
+
+def _drain(sampler: Sampler, epoch: int, scorer: Scorer) -> list[Batch]:
+    """An epoch's batches, each observed as the loop would after its training forward."""
+    batches = []
+    for batch in sampler.epoch_batches(epoch, scorer):
+        batches.append(batch)
+        if sampler.needs_scores:
+            sampler.observe(_credit(batch.indices))
+    return batches
 
 
 def _digits_config(sampler: str, **changes) -> RunConfig:
@@ -77,20 +102,25 @@ def test_both_samplers_are_registered():
 # --- sb
 
 
-def test_percentile_is_the_share_of_recorded_losses_at_or_below():
+def test_percentile_is_the_share_of_recorded_losses_strictly_below():
     history = torch.tensor([1.0, 2.0, 3.0, 4.0, INF, INF])  # +inf: empty slots, not counted
     losses = torch.tensor([2.0, 4.0, 0.5, 2.5, 10.0])
-    assert loss_percentile(losses, history).tolist() == [50.0, 100.0, 0.0, 50.0, 100.0]
-    # Ties count as at or below: equal losses are all at 100.
-    assert loss_percentile(torch.tensor([1.0]), torch.ones(4)).tolist() == [100.0]
+    assert loss_percentile(losses, history).tolist() == [25.0, 75.0, 0.0, 50.0, 100.0]
+    # Ties do not count as below (the SB library's rule): equal losses are all at 0.
+    assert loss_percentile(torch.tensor([1.0]), torch.ones(4)).tolist() == [0.0]
+
+
+def test_a_loss_of_zero_is_never_selected():
+    history = torch.tensor([0.0, 0.0, 0.3, 1.2, INF])
+    assert selection_probability(torch.tensor([0.0, 0.0]), history, 1 / 0.3 - 1).tolist() == [0.0, 0.0]
 
 
 def test_selection_probability_is_the_percentile_to_the_power_beta():
     history = torch.tensor([1.0, 2.0, 3.0, 4.0, INF, INF])
     losses = torch.tensor([2.0, 4.0, 0.5, 1.0])
-    assert selection_probability(losses, history, 2.0).tolist() == [0.25, 1.0, 0.0, 0.0625]
+    assert selection_probability(losses, history, 2.0).tolist() == [0.0625, 0.5625, 0.0, 0.0]
     beta = 1 / 0.3 - 1
-    expected = [0.5**beta, 1.0, 0.0, 0.25**beta]
+    expected = [0.25**beta, 0.75**beta, 0.0, 0.0]
     assert selection_probability(losses, history, beta).tolist() == pytest.approx(expected, rel=1e-6)
     assert selection_probability(losses, history, 0.0).tolist() == [1.0] * 4
 
@@ -111,24 +141,23 @@ def test_sb_history_is_a_ring_of_the_most_recent_losses():
     assert int(sampler.history_count) == 9  # losses written: the next slot is 9 mod 4
 
 
-def test_sb_first_epoch_backprops_everything_unscored_and_carries_the_rest():
+def test_sb_first_epoch_backprops_everything_unscored_and_carries_only_scored_samples():
     sampler = _make(_config("sb"))  # 103 samples, batch 10, 8 epochs x 5 steps of budget
     scorer = _random_loss_scorer(103)
     first = list(sampler.epoch_batches(0, scorer))
     used = torch.cat([batch.indices for batch in first])
     assert len(first) == 10 and used.unique().numel() == 100
     assert scorer.forwarded == 0 and int(sampler.history_count) == 0
-    assert all(batch.weights is None for batch in first)
-    carried = sampler.carry[: int(sampler.carry_count)].clone()
-    assert sorted(used.tolist() + carried.tolist()) == list(range(103))
-    assert int(sampler.steps_taken) == 10
+    assert all(batch.weights is None and batch.views is None for batch in first)
+    # Unscored, the remainder is dropped like any full-data epoch's: nothing to carry.
+    assert int(sampler.carry_count) == 0 and int(sampler.steps_taken) == 10
 
     second = list(sampler.epoch_batches(1, scorer))
     assert scorer.forwarded == 103 and int(sampler.history_count) == 103
-    assert torch.equal(second[0].indices[:3], carried)  # the carry leads the next epoch
     assert 0 < len(second) < 10
     fraction = sampler.diagnostics()["sb_selected_fraction"]
-    assert (len(second) * 10 - 3) / 103 <= fraction < (len(second) * 10 + 7) / 103
+    carried = int(sampler.carry_count)
+    assert fraction == (len(second) * 10 + carried) / 103 and carried < 10
 
 
 def test_sb_ranks_each_chunk_with_its_own_losses_in_the_history():
@@ -196,9 +225,9 @@ def test_state_dict_round_trip_continues_identically(name):
     scorer = _random_loss_scorer(103)
     original = _make(config, seed=0)
     for epoch in range(2):
-        list(original.epoch_batches(epoch, scorer))
+        _drain(original, epoch, scorer)
     state = original.state_dict()
-    expected = {"sb": {"history", "history_count", "carry", "carry_count", "steps_taken"},
+    expected = {"sb": {"history", "history_count", "carry", "carry_count", "steps_taken", "carry_views"},
                 "ub": {"tau_smoothed"}}[name]
     assert set(state) == expected
     if name == "sb":
@@ -211,7 +240,7 @@ def test_state_dict_round_trip_continues_identically(name):
     _assert_same_state(restored.state_dict(), state)
     restored.generator.set_state(original.generator.get_state())
     for epoch in (2, 3):
-        batches = [list(sampler.epoch_batches(epoch, scorer)) for sampler in (original, restored)]
+        batches = [_drain(sampler, epoch, scorer) for sampler in (original, restored)]
         assert len(batches[0]) == len(batches[1]) > 0
         for first, second in zip(*batches):
             assert torch.equal(first.indices, second.indices)
@@ -253,7 +282,9 @@ def test_sb_resume_ends_identical_to_an_uninterrupted_run(tmp_path, digits, stop
     with pytest.raises(StopAtEpoch):
         train(config, tmp_path / "b", data_root=tmp_path, on_event=stop, data=(digits, None))
     saved = torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=True)["sampler"]
-    assert int(saved["carry_count"]) > 0  # the carry must survive the restart
+    # The carry of a scored epoch, with its views, must survive the restart.
+    assert int(saved["carry_count"]) == (0 if stop_after == 1 else saved["carry_views"].shape[0]) < 64
+    assert stop_after == 1 or int(saved["carry_count"]) > 0
     assert int(saved["history_count"]) == (0 if stop_after == 1 else DIGITS_TRAIN)
     resumed = train(config, tmp_path / "b", data_root=tmp_path, data=(digits, None))
 
@@ -274,13 +305,15 @@ def test_trains_on_digits_with_a_finite_loss(tmp_path, digits, name):
     assert len(records) == 3
     assert all(math.isfinite(record["train_loss"]) for record in records)
     assert summary["final_test_acc"] > 0.3  # well above chance (0.1) after 33 steps
-    assert summary["samples_forwarded_scoring"] > 0
     if name == "ub":
         assert summary["steps"] == plan.total_steps
-        assert summary["samples_forwarded_scoring"] == plan.total_steps * 3 * 64
+        # Only importance-sampled steps pay the 3 x batch presample forward.
+        importance_steps = sum(record["ub_importance_fraction"] for record in records) * plan.steps_per_epoch
+        assert summary["samples_forwarded_scoring"] == round(importance_steps) * 3 * 64
         assert {"ub_importance_fraction", "ub_tau_mean"} <= records[0].keys()
         assert all(record["ub_tau_mean"] >= 1.0 for record in records)
     else:
+        assert summary["samples_forwarded_scoring"] > 0
         assert summary["steps"] <= plan.total_steps
         assert records[0]["sb_selected_fraction"] == 1.0
 
@@ -331,48 +364,179 @@ def test_importance_weights_make_the_batch_mean_unbiased():
     assert float((g * q).sum()) < float(q.mean()) - 1.0  # what unweighted draws would estimate
 
 
-def _two_level_scorer(wrong: int, calls: list) -> Scorer:
-    """The first `wrong` candidates of every call are confidently wrong (score sqrt 2),
-    the rest confidently right (score 0): g = 1/wrong on those, tau = sqrt(B / wrong)."""
+def _two_level_logits(count: int, wrong: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `wrong` of `count` samples confidently wrong (score sqrt 2), the rest
+    confidently right (score 0): g = 1/wrong on those, tau = sqrt(count / wrong)."""
+    logits = torch.zeros(count, NUM_CLASSES)
+    logits[:wrong, 1] = 1000.0
+    logits[wrong:, 0] = 1000.0
+    return logits, torch.zeros(count, dtype=torch.long)
 
+
+def _two_level_scorer(wrong: int, calls: list) -> Scorer:
     def forward(indices: torch.Tensor, train_mode: bool):
         calls.append(indices)
-        logits = torch.zeros(indices.shape[0], NUM_CLASSES)
-        logits[:wrong, 1] = 1000.0
-        logits[wrong:, 0] = 1000.0
-        return logits, torch.zeros(indices.shape[0], dtype=torch.long)
+        return _two_level_logits(indices.shape[0], wrong)
 
     return Scorer(forward)
 
 
-@pytest.mark.parametrize("wrong, momentum, first_on", [
-    (3, 0.9, 6),  # tau sqrt(10): the EMA from 1 passes tau_th = 2 at step 6
-    (6, 0.0, 1),  # tau sqrt(5) > 2 and no smoothing: on from the first step
-    (8, 0.0, None),  # tau sqrt(3.75) < 2: never on
+def _two_level_credit(indices: torch.Tensor, wrong: int) -> Credit:
+    logits, labels = _two_level_logits(indices.shape[0], wrong)
+    ones = torch.ones(indices.shape[0])
+    return Credit(indices, ones, indices, ones, ones, gradient_norm_scores(logits, labels))
+
+
+@pytest.mark.parametrize("batch_wrong, presample_wrong, momentum, first_on", [
+    # A uniform batch of 10 with 1 wrong: tau sqrt(10) > tau_th = 2, on from step 2.
+    (1, 3, 0.0, 2),
+    # The same with smoothing: the EMA from 1 passes 2 after 6 uniform steps; then the
+    # presamples' tau sqrt(30/3) keeps it on.
+    (1, 3, 0.9, 7),
+    # tau sqrt(10/3) < 2: never on, and never a presample.
+    (3, 3, 0.0, None),
+    # On at step 2, but the presample's tau sqrt(30/8) < 2 turns it off again at step 3.
+    (1, 8, 0.0, 2),
 ])
-def test_ub_switches_importance_sampling_on_only_while_the_smoothed_tau_exceeds_the_threshold(
-    wrong, momentum, first_on
+def test_ub_presamples_only_while_the_smoothed_tau_exceeds_the_threshold(
+    batch_wrong, presample_wrong, momentum, first_on
 ):
     sampler = _make(_config("ub", ub_tau_momentum=momentum))  # batch 10, B 30, 5 steps per epoch
     assert sampler.presample == 30 and sampler.tau_threshold == 2.0
     calls: list[torch.Tensor] = []
-    scorer = _two_level_scorer(wrong, calls)
-    batches: list[Batch] = []
-    fractions = []
+    scorer = _two_level_scorer(presample_wrong, calls)
+    on_steps = []
+    tau_means = []
     for epoch in range(2):
-        batches += list(sampler.epoch_batches(epoch, scorer))
-        fractions.append(sampler.diagnostics()["ub_importance_fraction"])
-        assert sampler.diagnostics()["ub_tau_mean"] == pytest.approx(math.sqrt(30 / wrong), rel=1e-5)
-    assert scorer.forwarded == 10 * 30  # every step scores its presample
-    for step, (batch, candidates) in enumerate(zip(batches, calls), start=1):
-        assert candidates.unique().numel() == 30
-        if first_on is not None and step >= first_on:
-            assert set(batch.indices.tolist()) <= set(candidates[:wrong].tolist())
-            assert torch.allclose(batch.weights, torch.full((10,), wrong / 30))
-        else:
-            assert torch.equal(batch.indices, candidates[:10])
-            assert torch.equal(batch.weights, torch.ones(10))
-    on_steps = 0 if first_on is None else 11 - first_on
-    assert sum(fractions) * 5 == pytest.approx(on_steps)
-    expected_tau = math.sqrt(30 / wrong) - (math.sqrt(30 / wrong) - 1) * momentum**10
-    assert float(sampler.tau_smoothed) == pytest.approx(expected_tau, rel=1e-5)
+        for step, batch in enumerate(sampler.epoch_batches(epoch, scorer), start=5 * epoch + 1):
+            if batch.weights is None:  # uniform: a batch of distinct samples, no presample
+                assert batch.indices.unique().numel() == 10
+                sampler.observe(_two_level_credit(batch.indices, batch_wrong))
+            else:
+                on_steps.append(step)
+                candidates = calls[-1]
+                assert candidates.unique().numel() == 30
+                assert set(batch.indices.tolist()) <= set(candidates[:presample_wrong].tolist())
+                assert torch.allclose(batch.weights, torch.full((10,), presample_wrong / 30))
+                sampler.observe(_two_level_credit(batch.indices, batch_wrong))  # ignored: not uniform
+        tau_means.append(sampler.diagnostics()["ub_tau_mean"])
+    assert scorer.forwarded == 30 * len(on_steps)  # only importance steps pay a presample
+    if first_on is None:
+        assert on_steps == []
+        assert tau_means == pytest.approx([math.sqrt(10 / batch_wrong)] * 2, rel=1e-5)
+    elif presample_wrong == 8:
+        assert on_steps == [2, 4, 6, 8, 10]  # on, off, on, ... each phase resets the EMA
+    else:
+        assert on_steps == list(range(first_on, 11))
+        if momentum == 0.0:  # every step's tau is sqrt(10), from the batch or the presample
+            assert tau_means == pytest.approx([math.sqrt(10)] * 2, rel=1e-5)
+
+
+# --- through the training loop: what ub's uniform phase costs, which views are trained
+
+
+def test_ub_switched_off_costs_exactly_what_unif_sgd_costs(tmp_path, digits):
+    # A presample of 10 batches puts tau_th at (640 + 192) / 192 = 4.3: never reached here.
+    ub = train(_digits_config("ub", budget=1.0, ub_presample=10), tmp_path / "ub", data_root=tmp_path,
+               data=(digits, None))
+    assert all(record["ub_importance_fraction"] == 0.0 for record in _metrics(tmp_path / "ub"))
+    uniform = train(_digits_config("unif-sgd", budget=1.0), tmp_path / "uniform", data_root=tmp_path,
+                    data=(digits, None))
+    assert ub["samples_forwarded_scoring"] == 0
+    for key in ("steps", "samples_backprop", "samples_forwarded", "flops_train", "flops_budget_used"):
+        assert ub[key] == uniform[key], key
+    assert ub["flops_budget_used"] == 1.0
+
+
+def _spy_on_model_inputs(monkeypatch) -> list[tuple[bool, torch.Tensor]]:
+    """Every input the run's model is given outside evaluation, with whether it was in
+    training mode (the step) or not (a scoring forward)."""
+    import engine.train.loop as loop
+
+    seen: list[tuple[bool, torch.Tensor]] = []
+    evaluating = []
+    build, evaluate = loop.build_model, loop.evaluate
+
+    def record(module, inputs):
+        if not evaluating:
+            seen.append((module.training, inputs[0].detach().clone()))
+
+    def build_and_spy(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_pre_hook(record)
+        return model
+
+    def evaluate_unseen(*args, **kwargs):
+        evaluating.append(True)
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            evaluating.pop()
+
+    monkeypatch.setattr(loop, "build_model", build_and_spy)
+    monkeypatch.setattr(loop, "evaluate", evaluate_unseen)
+    return seen
+
+
+@pytest.mark.parametrize("name, changes", [
+    ("sb", {"budget": 0.3, "epochs": 5}),
+    # RandAugment is part of each image's view: scoring sees it too.
+    ("sb", {"budget": 0.3, "epochs": 5, "augmentation": "randaugment"}),
+    # One batch of presample: tau_th = 4/3, so importance sampling switches on within the run.
+    ("ub", {"budget": 1.0, "ub_presample": 1, "epochs": 5}),
+])
+def test_scored_samples_train_on_the_very_views_they_were_scored_on(tmp_path, digits, monkeypatch, name, changes):
+    seen = _spy_on_model_inputs(monkeypatch)
+    summary = train(_digits_config(name, **changes), tmp_path / "run", data_root=tmp_path, data=(digits, None))
+    assert summary["samples_forwarded_scoring"] > 0
+    scored_rows: set[bytes] = set()
+    chosen_after_scoring = 0
+    scored_since_last_step = False
+    first_step = next(position for position, (training, _) in enumerate(seen) if training)
+    for training, inputs in seen[first_step:]:  # before it: the FLOP-counting forward
+        rows = {row.numpy().tobytes() for row in inputs}
+        if not training:  # a scoring forward
+            scored_rows |= rows
+            scored_since_last_step = True
+            continue
+        if scored_since_last_step:  # a batch chosen from scored candidates
+            # A re-drawn crop (1 pixel of padding: 9 positions) would miss most of them.
+            assert rows <= scored_rows
+            chosen_after_scoring += 1
+        scored_since_last_step = False
+    assert chosen_after_scoring > 0
+
+
+def test_mixing_is_applied_after_selection_to_the_scored_views(tmp_path, digits, monkeypatch):
+    """Under mixup, sb's scoring sees each candidate's own view (its own label), and the
+    selected samples' same views are what mixup then blends."""
+    import engine.train.augment as augment
+    import engine.train.samplers as samplers
+
+    events: list[tuple[str, set[bytes]]] = []
+    score, mix = samplers.Scorer.__call__, augment.MixupAugmentation.mix
+
+    def score_and_record(self, indices, **kwargs):
+        scored = score(self, indices, **kwargs)
+        events.append(("scored", {row.numpy().tobytes() for row in scored.views}))
+        return scored
+
+    def record_and_mix(self, views, generator):
+        events.append(("mixed", {row.numpy().tobytes() for row in views}))
+        return mix(self, views, generator)
+
+    monkeypatch.setattr(samplers.Scorer, "__call__", score_and_record)
+    monkeypatch.setattr(augment.MixupAugmentation, "mix", record_and_mix)
+    config = _digits_config("sb", budget=0.3, epochs=5, augmentation="mixup")
+    train(config, tmp_path / "run", data_root=tmp_path, data=(digits, None))
+    scored_rows: set[bytes] = set()
+    mixed_after_scoring = 0
+    previous = None
+    for kind, rows in events:
+        if kind == "scored":
+            scored_rows |= rows
+        elif previous == "scored":
+            assert rows <= scored_rows
+            mixed_after_scoring += 1
+        previous = kind
+    assert mixed_after_scoring > 0

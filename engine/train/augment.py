@@ -33,7 +33,12 @@ class AugmentedBatch:
 
 
 class Augmentation:
-    """Base class: subclasses set `name` and implement `__call__`."""
+    """Base class: subclasses set `name` and override `views`, `mix` or both.
+
+    Two stages: `views` draws each image's own random view (per-image ops, then crop/flip)
+    and `mix` combines the views of a batch (mixup, cutmix, ricap). Samplers that score
+    candidates before choosing train on the views they scored, mixed afterwards.
+    """
 
     name: ClassVar[str]
 
@@ -43,7 +48,15 @@ class Augmentation:
         self.flip = flip
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
-        raise NotImplementedError
+        return self.mix(self.views(images, generator), generator)
+
+    def views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Each image's random view, uint8 like the input: crop/flip unless overridden."""
+        return self.crop_flip(images, generator)
+
+    def mix(self, views: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
+        """The batch's training images from its views: unchanged unless overridden."""
+        return AugmentedBatch(views, (_positions(views),), None)
 
     def crop_flip(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return random_crop_flip(images, self.padding, self.flip, generator)
@@ -99,9 +112,6 @@ def random_crop_flip(
 @register_augmentation("standard")
 class StandardAugmentation(Augmentation):
     """Random crop with zero padding and horizontal flip (where the dataset allows it)."""
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
-        return AugmentedBatch(self.crop_flip(images, generator), (_positions(images),), None)
 
 
 def _positions(images: torch.Tensor) -> torch.Tensor:
@@ -255,8 +265,7 @@ def ricap(
 class MixupAugmentation(Augmentation):
     """Crop/flip, then blend with a permuted partner; one lambda ~ Beta(a, a) per batch."""
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
-        images = self.crop_flip(images, generator)
+    def mix(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
         lam = sample_beta(self.config.mixup_alpha, generator, images.device)
         return mixup(images, _permutation(images.shape[0], generator, images.device), lam)
 
@@ -266,8 +275,7 @@ class CutMixAugmentation(Augmentation):
     """Crop/flip, then paste a box from a permuted partner; one lambda ~ Beta(a, a) per
     batch fixes the box size, each image gets its own box centre (so its own weights)."""
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
-        images = self.crop_flip(images, generator)
+    def mix(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
         lam = sample_beta(self.config.cutmix_alpha, generator, images.device)
         return cutmix(images, _permutation(images.shape[0], generator, images.device), lam, generator)
 
@@ -277,8 +285,7 @@ class RicapAugmentation(Augmentation):
     """Crop/flip, then a four-image collage split at w = round(W * Beta(b, b)),
     h = round(H * Beta(b, b)), one split per batch, from four independent permutations."""
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
-        images = self.crop_flip(images, generator)
+    def mix(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
         batch, _, height, width = images.shape
         device = images.device
         column_fraction, row_fraction = sample_beta(self.config.ricap_beta, generator, device, (2,))
@@ -464,11 +471,11 @@ def randaugment(
 class RandAugmentation(Augmentation):
     """RandAugment before crop/flip, as the reference code orders them."""
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> AugmentedBatch:
+    def views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         config = self.config
         augmented = randaugment(images, config.randaugment_ops, config.randaugment_magnitude, generator,
                                 scale_pixels=config.randaugment_scale_pixels)
-        return AugmentedBatch(self.crop_flip(augmented, generator), (_positions(images),), None)
+        return self.crop_flip(augmented, generator)
 
 
 def _grayscale(images: torch.Tensor) -> torch.Tensor:
@@ -623,6 +630,9 @@ class Credit(NamedTuple):
     ids: torch.Tensor  # (M,) training ids credited with a difficulty
     difficulty: torch.Tensor  # (M,) 1 - softmax(logits)[label] for the credited sample's label
     weight: torch.Tensor  # (M,) the credited sample's share of the image (1 without mixing)
+    # (B,) ||softmax(logits) - target||_2 per image, target its (soft) label: the norm of
+    # the loss gradient w.r.t. the logits, ub's score
+    gradient_norm: torch.Tensor | None = None
 
 
 def score_credit(
@@ -640,12 +650,19 @@ def score_credit(
     (faithful). Without mixing both are the same."""
     probs = torch.softmax(logits.detach().float(), dim=1)
     losses = losses.detach()
+    gradient = probs.clone()  # softmax minus the (soft) target, built by scatter_add
+    if batch.label_weights is None:
+        gradient.scatter_add_(1, labels[:, None], torch.full_like(probs[:, :1], -1.0))
+    else:
+        for sources, weights in zip(batch.sources, batch.label_weights):
+            gradient.scatter_add_(1, labels[sources][:, None], -weights.float()[:, None])
+    gradient_norm = gradient.norm(dim=1)
     if batch.label_weights is None or faithful:
         difficulty = 1.0 - probs.gather(1, labels[:, None]).squeeze(1)
-        return Credit(indices, losses, indices, difficulty, torch.ones_like(difficulty))
+        return Credit(indices, losses, indices, difficulty, torch.ones_like(difficulty), gradient_norm)
     ids, difficulty, weight = [], [], []
     for sources, weights in zip(batch.sources, batch.label_weights):
         ids.append(indices[sources])
         difficulty.append(1.0 - probs.gather(1, labels[sources][:, None]).squeeze(1))
         weight.append(weights.float())
-    return Credit(indices, losses, torch.cat(ids), torch.cat(difficulty), torch.cat(weight))
+    return Credit(indices, losses, torch.cat(ids), torch.cat(difficulty), torch.cat(weight), gradient_norm)

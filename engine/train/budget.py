@@ -1,8 +1,9 @@
 """Budget arithmetic and learning-rate schedules (SPEC §2), in plain Python.
 
 A budget b turns the nominal schedule (epochs x full data) into a number of optimiser
-steps; the LR schedule spans exactly those steps. No torch here, so this is cheap to
-test exhaustively.
+steps; the LR schedule spans exactly those steps. A ScheduleClock places each step of the
+run in that schedule, re-planning when a sampler's epochs come out shorter than planned.
+No torch here, so this is cheap to test exhaustively.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def plan_budget(config: RunConfig, num_train: int) -> BudgetPlan:
                           epochs * steps_per_epoch, nominal_steps, epochs * steps_per_epoch)
     elif config.sampler == "sgd":
         # Plain SGD sees the full set every epoch. Validation only lets b < 1 through here
-        # in faithful mode, where the LR spans the budgeted steps and then stays at lr_min.
+        # in faithful mode: the LR table spans the budgeted steps, walked by the budgeted
+        # steps per epoch (see ScheduleClock), and all the full epochs run.
         budget_steps = config.epochs * (budget_k // batch)
         if budget_steps < 1:
             raise ValueError(f"budget {config.budget} of {num_train} samples is under one batch of {batch}")
@@ -62,8 +64,9 @@ def plan_budget(config: RunConfig, num_train: int) -> BudgetPlan:
     return plan
 
 
-def learning_rate(step: int, plan: BudgetPlan, config: RunConfig) -> float:
-    """LR of 1-based optimiser step `step` (SPEC §2).
+def learning_rate(step: float, plan: BudgetPlan, config: RunConfig) -> float:
+    """LR at 1-based position `step` of the schedule's table of plan.lr_steps entries
+    (a ScheduleClock position; fractional after a re-plan).
 
     linear: step t of T runs at lr - (t-1)*(lr - lr_min)/(T-1), so the first step uses lr
     and step T uses exactly lr_min; past T (faithful sgd only) it stays at lr_min.
@@ -76,3 +79,55 @@ def learning_rate(step: int, plan: BudgetPlan, config: RunConfig) -> float:
     if step >= total:
         return config.lr_min if total > 1 else config.lr
     return config.lr - (step - 1) * (config.lr - config.lr_min) / (total - 1)
+
+
+@dataclass
+class ScheduleClock:
+    """Where each 1-based optimiser step of the run falls in the LR table.
+
+    Normally step t is table position t. Faithful sgd with b < 1 reproduces the reference
+    code: each full-data epoch advances the table by only the budgeted steps per epoch, so
+    batch c of epoch e reads position (e-1) * budgeted + c, overshooting within the epoch
+    and jumping back at the next one. A sampler whose epochs turn out shorter than planned
+    (infobatch's pruning) re-plans: the steps it now expects to run are spread evenly over
+    the rest of the table, so its last step still reads the table's end (lr_min).
+    """
+
+    table_steps: int  # plan.lr_steps
+    steps_per_epoch: int
+    table_steps_per_epoch: int  # how far one epoch advances the table
+    origin_step: int = 0  # the last step run when the clock was last re-planned
+    origin_position: float = 0.0  # its table position
+    end_step: int = 0  # the step expected to read the table's end
+
+    @classmethod
+    def for_plan(cls, plan: BudgetPlan) -> ScheduleClock:
+        return cls(plan.lr_steps, plan.steps_per_epoch, plan.lr_steps // plan.epochs,
+                   end_step=plan.lr_steps)
+
+    def position(self, step: int) -> float:
+        if self.table_steps_per_epoch != self.steps_per_epoch:
+            epoch_index, within = divmod(step - 1, self.steps_per_epoch)
+            return epoch_index * self.table_steps_per_epoch + within + 1
+        if step >= self.end_step:
+            return self.table_steps  # exactly, whatever the rounding of the line below
+        # Multiplied before divided: with no re-plan yet this is T * t / T, exactly t.
+        remaining = (self.table_steps - self.origin_position) * (step - self.origin_step)
+        return self.origin_position + remaining / (self.end_step - self.origin_step)
+
+    def replan(self, steps_run: int, expected_total: int) -> None:
+        """The run now expects `expected_total` steps in all, `steps_run` of them done."""
+        if expected_total == self.end_step or expected_total <= steps_run:
+            return
+        self.origin_position = self.position(steps_run) if steps_run else 0.0
+        self.origin_step = steps_run
+        self.end_step = expected_total
+
+    def state_dict(self) -> dict[str, float]:
+        return {"origin_step": self.origin_step, "origin_position": self.origin_position,
+                "end_step": self.end_step}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.origin_step = int(state["origin_step"])
+        self.origin_position = float(state["origin_position"])
+        self.end_step = int(state["end_step"])

@@ -73,8 +73,15 @@ class DifficultyScoreSampler(UniformSubsetSampler):
     def probabilities(self) -> torch.Tensor:
         return sampling_probabilities(self.scores(), self.config.score_smoothing)
 
+    def uniform_epochs(self) -> int:
+        """Epochs drawn uniformly: the first (nothing scored yet) and the warm-up. The
+        reference code counts its 1-based epochs against the warm-up with `<`, so its
+        warm-up of W gives W - 1 uniform epochs (and still at least the first)."""
+        warmup = self.config.warmup_epochs
+        return max(1, warmup - 1 if self.config.fidelity == "faithful" else warmup)
+
     def epoch_batches(self, epoch: int, scorer: Scorer) -> Iterator[Batch]:
-        if epoch < max(1, self.config.warmup_epochs):
+        if epoch < self.uniform_epochs():
             self._probability_range = (1.0, 1.0)
             return super().epoch_batches(epoch, scorer)
         probabilities = self.probabilities()
@@ -123,9 +130,16 @@ class InfoBatchSampler(UniformSubsetSampler):
     never-seen samples are always kept. The shuffled kept set feeds the epoch up to k
     samples, so the budget caps it like any other sampler; if fewer than k are kept, the
     epoch is shorter. The last epochs are plain unif-sgd epochs (SPEC: "full data").
+    Shorter epochs would leave the LR schedule unfinished, so each epoch tells the loop how
+    many steps the run now expects (the later pruned epochs taken as long as this one),
+    and the schedule is re-planned to end on that step, as InfoBatch's own code re-indexes
+    its schedule every epoch; the last epoch is always known exactly.
     """
 
     fixed_steps_per_epoch = False  # pruning can leave fewer than k samples
+    shortfall_reason = ("infobatch prunes below-mean-loss samples, so its epochs hold fewer "
+                        "than the planned samples whenever fewer than k survive pruning; "
+                        "the run spends less than its budget by design")
 
     needs_scores = True
 
@@ -138,6 +152,13 @@ class InfoBatchSampler(UniformSubsetSampler):
         # round(): 0.1 * 30 is 3.0000000000000004 in binary floating point.
         self.final_epochs = math.ceil(round(self.config.infobatch_final_fraction * self.plan.epochs, 9))
         self.pruned_fraction = 0.0
+        self._epoch = 0
+        self._epoch_steps = self.plan.steps_per_epoch
+
+    def expected_total_steps(self, steps_run: int) -> int:
+        pruned_epochs_left = max(0, self.plan.epochs - self.final_epochs - self._epoch)
+        full_epochs_left = self.plan.epochs - self._epoch - pruned_epochs_left
+        return steps_run + pruned_epochs_left * self._epoch_steps + full_epochs_left * self.plan.steps_per_epoch
 
     def observe(self, credit: Credit) -> None:
         # A batch's indices are distinct, so the copy has no write conflicts; losses come
@@ -146,6 +167,7 @@ class InfoBatchSampler(UniformSubsetSampler):
 
     def epoch_batches(self, epoch: int, scorer: Scorer) -> Iterator[Batch]:
         self.pruned_fraction = 0.0
+        self._epoch, self._epoch_steps = epoch, self.plan.steps_per_epoch
         if epoch >= self.plan.epochs - self.final_epochs:
             return super().epoch_batches(epoch, scorer)
         prune = self.config.infobatch_prune
@@ -154,7 +176,8 @@ class InfoBatchSampler(UniformSubsetSampler):
         kept = (~(below_mean & (coins < prune))).nonzero().squeeze(1)  # syncs once per epoch
         self.pruned_fraction = 1.0 - kept.numel() / self.num_samples
         order = kept[self._permutation(kept.numel())][: self.plan.samples_per_epoch]
-        batches = islice(self._slices(order), order.numel() // self.batch_size)
+        self._epoch_steps = order.numel() // self.batch_size
+        batches = islice(self._slices(order), self._epoch_steps)
         rescale = 1.0 / (1.0 - prune)
         if rescale == 1.0 or not bool(below_mean.any()):
             return batches

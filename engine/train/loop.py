@@ -23,7 +23,7 @@ from engine.errors import BadInput
 from engine.paths import CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, USAGE_NAME
 from engine.preflight import check_model_known
 from engine.train.augment import create_augmentation, per_sample_loss, score_credit
-from engine.train.budget import BudgetPlan, learning_rate, plan_budget
+from engine.train.budget import BudgetPlan, ScheduleClock, learning_rate, plan_budget
 from engine.train.data import DatasetSplits, load_dataset, split_validation
 from engine.train.models import build_model, forward_flops_per_sample
 from engine.train.samplers import Scorer, create_sampler
@@ -193,10 +193,8 @@ def train(
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
     augmentation = create_augmentation(config.augmentation, config, flip=splits.flip)
-    # Scoring forwards rank candidates by their own label, so they see only crop/flip:
-    # under mixing a candidate's image would carry other samples' labels too.
-    scoring_augmentation = create_augmentation("standard", config, flip=splits.flip)
     sampler = create_sampler(config.sampler, num_train, plan, config.batch_size, generator, config)
+    clock = ScheduleClock.for_plan(plan)
     usage = torch.zeros(num_train, dtype=torch.long, device=device)
 
     def gather(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,20 +210,23 @@ def train(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             return forward_model(inputs)
 
-    def scoring_forward(indices: torch.Tensor, train_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def scoring_forward(indices: torch.Tensor, train_mode: bool) -> tuple[torch.Tensor, ...]:
+        # Candidates are scored on their views (per-image augmentation, no mixing: a mixed
+        # image would carry other samples' labels); the chosen ones train on these views.
         was_training = model.training
         model.train(train_mode)
         # On a CPU, training-batch-sized pieces stay in cache and augment faster than one
         # big batch (measured: ub's 3x presample); a GPU prefers one launch.
         pieces = [indices] if cuda else indices.split(config.batch_size)
-        logits, labels = [], []
+        logits, labels, views = [], [], []
         with torch.no_grad():
             for piece in pieces:
                 images, piece_labels = gather(piece)
-                logits.append(forward(normalise(scoring_augmentation(images, generator).images)).float())
+                views.append(augmentation.views(images, generator))
+                logits.append(forward(normalise(views[-1])).float())
                 labels.append(piece_labels)
         model.train(was_training)
-        return torch.cat(logits), torch.cat(labels)
+        return torch.cat(logits), torch.cat(labels), torch.cat(views)
 
     scorer = Scorer(scoring_forward)
 
@@ -240,6 +241,8 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
+        if "clock" in state:  # checkpoints of older versions re-planned nothing
+            clock.load_state_dict(state["clock"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if cuda and "cuda_rng" in state:
@@ -257,25 +260,35 @@ def train(
     emit({"event": "start", "plan": plan.to_dict(), "device": str(device),
           "flops_forward_per_sample": flops_forward, "epoch": start_epoch})
     step = accounting.steps
+    shortfall: str | None = None  # why the run spent less than its planned steps, if it did
     progress_every = max(1, plan.steps_per_epoch // 20)
     ones = torch.ones(config.batch_size, dtype=torch.long, device=device)
 
-    for epoch in range(start_epoch, plan.epochs):
+    epoch = start_epoch
+    # A sampler that spends its budget at its own pace (sb) may need epochs past the plan.
+    while epoch < plan.epochs or (sampler.runs_until_spent and step < plan.total_steps):
         model.train()
         loss_sum = torch.zeros((), device=device)
         weight_sums = torch.zeros(2, device=device)  # sum and sum of squares of loss weights
         unweighted = 0  # samples of batches without weights (weight 1)
         epoch_backprop = 0
         epoch_start = time.perf_counter()
-        for batch in sampler.epoch_batches(epoch, scorer):
-            # 4. The step: gather uint8 samples on the device, augment per image, normalise,
-            #    forward, per-sample loss (weighted if the sampler says so), backward, step.
+        batches = sampler.epoch_batches(epoch, scorer)
+        clock.replan(step, sampler.expected_total_steps(step))
+        for batch in batches:
+            # 4. The step: gather uint8 samples on the device, draw each one's view (unless
+            #    the sampler scored views already), mix, normalise, forward, per-sample loss
+            #    (weighted if the sampler says so), backward, step.
             #    No host sync here: counters are Python ints from shapes, sums stay on device.
             step += 1
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, plan, config)
-            images, labels = gather(batch.indices)
-            augmented = augmentation(images, generator)
+                group["lr"] = learning_rate(clock.position(step), plan, config)
+            if batch.views is None:
+                images, labels = gather(batch.indices)
+                views = augmentation.views(images, generator)
+            else:
+                views, labels = batch.views, prepared.train_labels.index_select(0, batch.indices)
+            augmented = augmentation.mix(views, generator)
             logits = forward(normalise(augmented.images)).float()  # loss in fp32 under bf16 autocast
             losses = per_sample_loss(logits, labels, augmented)
             loss = losses.mean() if batch.weights is None else (losses * batch.weights).mean()
@@ -296,7 +309,11 @@ def train(
             if step % progress_every == 0:
                 emit({"event": "step", "epoch": epoch + 1, "step": step, "total_steps": plan.total_steps})
         if epoch_backprop == 0:
-            break  # the sampler has spent its budget (sb): no empty epochs in the record
+            # The sampler has spent its budget (sb), or found nothing worth a step in a
+            # whole pass: no empty epochs in the record.
+            if step < plan.total_steps:
+                shortfall = f"the sampler chose no batch in epoch {epoch + 1} before spending its budget"
+            break
         if cuda:
             torch.cuda.synchronize()  # honest timing: wait for the queued kernels
         accounting.time_train_s += time.perf_counter() - epoch_start
@@ -312,7 +329,7 @@ def train(
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": step,
-            "lr": learning_rate(max(step, 1), plan, config),  # of the epoch's last step
+            "lr": learning_rate(clock.position(max(step, 1)), plan, config),  # of the epoch's last step
             "train_loss": float(loss_sum) / max(1, epoch_backprop),
             "test_acc": test_acc,
             "test_loss": test_loss,
@@ -348,6 +365,7 @@ def train(
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "sampler": sampler.state_dict(),
+            "clock": clock.state_dict(),
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             **({"cuda_rng": torch.cuda.get_rng_state(device)} if cuda else {}),
@@ -358,9 +376,12 @@ def train(
         })
         _append_metrics(run_dir, record)
         emit({"event": "epoch", "total_epochs": plan.epochs, "total_steps": plan.total_steps, **record})
+        epoch += 1
 
     accounting.time_total_s += time.perf_counter() - wall_start
-    summary = summarise(config, plan, accounting, history, flops_forward, device)
+    if accounting.steps < plan.total_steps and shortfall is None:
+        shortfall = sampler.shortfall_reason or "the sampler ran out of epochs before spending its budget"
+    summary = summarise(config, plan, accounting, history, flops_forward, device, shortfall)
     _save_usage(usage, run_dir / USAGE_NAME)
     _atomic_write_text(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
     emit({"event": "done", "summary": summary})
@@ -398,8 +419,18 @@ def summarise(
     history: list[dict[str, Any]],
     flops_forward: int,
     device: torch.device,
+    shortfall: str | None = None,
 ) -> dict[str, Any]:
-    """The run's outcome and cost, every accuracy labelled by how it was chosen."""
+    """The run's outcome and cost, every accuracy labelled by how it was chosen.
+
+    `shortfall`: why the run took fewer than its planned steps (recorded only then).
+    """
+    # backward costs about twice the forward; scoring forwards cost one forward each
+    flops_train = (3 * flops_forward * accounting.samples_backprop
+                   + flops_forward * accounting.samples_forwarded_scoring)
+    # The nominal full-budget unif-sgd run of this config: every nominal step backpropagates
+    # a full batch and nothing else is forwarded.
+    flops_nominal = 3 * flops_forward * plan.nominal_steps * config.batch_size
     last = history[-1]
     best = max(history, key=lambda record: record["test_acc"])
     summary: dict[str, Any] = {
@@ -413,21 +444,23 @@ def summarise(
         "samples_forwarded": accounting.samples_forwarded(),
         "samples_forwarded_scoring": accounting.samples_forwarded_scoring,
         "flops_forward_per_sample": flops_forward,
-        # backward costs about twice the forward; scoring forwards cost one forward each
-        "flops_train": 3 * flops_forward * accounting.samples_backprop
-        + flops_forward * accounting.samples_forwarded_scoring,
+        "flops_train": flops_train,
         "time_train_s": accounting.time_train_s,
         "time_eval_s": accounting.time_eval_s,
         "time_overhead_s": max(0.0, accounting.time_total_s - accounting.time_train_s - accounting.time_eval_s),
         "time_total_s": accounting.time_total_s,
         "images_per_s": accounting.samples_backprop / max(accounting.time_train_s, 1e-9),
         "budget_used": accounting.steps / plan.nominal_steps,  # fraction of the nominal steps
+        "budget_planned": plan.total_steps / plan.nominal_steps,
+        "flops_budget_used": flops_train / flops_nominal,  # fraction of the nominal compute
         "plan": plan.to_dict(),
         "device": str(device),
         "fidelity": config.fidelity,
         "distinct_seen": last["distinct_seen"],
         "usage_entropy": last["usage_entropy"],  # H(c) of the per-sample usage counts
     }
+    if shortfall is not None:
+        summary["budget_unspent_reason"] = shortfall
     if "val_acc" in last:
         best_val = max(history, key=lambda record: record["val_acc"])
         summary.update(

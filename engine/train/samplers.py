@@ -4,7 +4,8 @@ A sampler yields the batches of one epoch as device index tensors (and optional
 per-sample loss weights). Per-sample state (scores, visit counts) lives on the device and
 is saved in checkpoints through `state_dict`. Importance samplers get per-sample losses
 from the training forward through `observe`, and may run extra no-grad scoring forwards
-through the Scorer the loop hands them, which counts every sample it forwards.
+through the Scorer the loop hands them, which counts every sample it forwards and returns
+the augmented views it scored, so the chosen samples train on exactly those views.
 """
 
 from __future__ import annotations
@@ -22,23 +23,33 @@ from engine.train.budget import BudgetPlan
 class Batch(NamedTuple):
     indices: torch.Tensor  # (B,) int64 training-set ids, on the device
     weights: torch.Tensor | None = None  # (B,) per-sample loss weights; None = all ones
+    # (B, C, H, W) uint8 views already drawn (and scored) for these samples; None: the
+    # loop draws them. Mixing, if any, is applied to them by the loop.
+    views: torch.Tensor | None = None
+
+
+class Scored(NamedTuple):
+    logits: torch.Tensor  # (B, classes) of the candidates' views
+    labels: torch.Tensor  # (B,)
+    views: torch.Tensor | None = None  # (B, C, H, W) the views forwarded; None without images
 
 
 class Scorer:
     """Extra no-grad forwards for samplers that score candidates before choosing.
 
-    `forward(indices, train_mode)` returns (logits, labels) for the augmented candidates;
-    eval mode leaves BN statistics untouched. Every forwarded sample is counted, so a
-    sampler's extra compute shows up in the run's accounting.
+    `forward(indices, train_mode)` draws each candidate's view (per-image augmentation, no
+    mixing) and returns Scored (logits, labels, views), or a (logits, labels) pair where
+    there are no images to return; eval mode leaves BN statistics untouched. Every
+    forwarded sample is counted, so a sampler's extra compute shows up in the accounting.
     """
 
-    def __init__(self, forward: Callable[[torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, forward: Callable[[torch.Tensor, bool], tuple]):
         self._forward = forward
         self.forwarded = 0
 
-    def __call__(self, indices: torch.Tensor, *, train_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, indices: torch.Tensor, *, train_mode: bool = False) -> Scored:
         self.forwarded += indices.shape[0]
-        return self._forward(indices, train_mode)
+        return Scored(*self._forward(indices, train_mode))
 
 
 class Sampler:
@@ -49,7 +60,13 @@ class Sampler:
     # False: spends plan.total_steps at its own pace (e.g. sb: a full first epoch, then
     # fewer steps, possibly none at the end) instead of plan.steps_per_epoch every epoch.
     fixed_steps_per_epoch: ClassVar[bool] = True
+    # True: the run continues past plan.epochs until the sampler has spent plan.total_steps
+    # (sb, whose selection rate is only right on average).
+    runs_until_spent: ClassVar[bool] = False
     repeats_samples: ClassVar[bool] = False  # a sample may occur twice in one epoch
+    # Why the sampler may legitimately spend less than plan.total_steps (None: it never
+    # does); the run's summary quotes it when the run fell short.
+    shortfall_reason: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -76,6 +93,12 @@ class Sampler:
         """The batches of 0-based `epoch`: plan.steps_per_epoch of them when
         fixed_steps_per_epoch, otherwise never more than plan.total_steps over the run."""
         raise NotImplementedError
+
+    def expected_total_steps(self, steps_run: int) -> int:
+        """The run's optimiser steps in all, as known right after epoch_batches(epoch)
+        returned with `steps_run` steps already taken; the LR schedule is re-planned to end
+        on that step."""
+        return self.plan.total_steps
 
     def observe(self, credit: Credit) -> None:
         """After each training forward (only if needs_scores): per-sample losses and the
