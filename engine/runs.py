@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from engine.atomic import write_atomic
 from engine.config import RunConfig
 from engine.errors import BadInput, BudgetTuiError
 from engine.paths import PROGRESS_NAME, TRACEBACK_NAME, run_dir
@@ -162,7 +163,7 @@ class ProgressWriter:
             self.last_write = moment
             self.state["eta_s"] = self._eta(moment)
             self.state["updated_at"] = time.time()
-            write_json_atomic(self.path, self.state)
+            write_json_atomic(self.path, self.state, sync=False)  # a progress note, cheap to lose
 
     def _eta(self, moment: float) -> float | None:
         """Remaining time from the rate of steps done since this process started."""
@@ -187,7 +188,5 @@ def read_progress(record: dict[str, Any]) -> dict[str, Any]:
         return {}
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value), encoding="utf-8")
-    os.replace(temporary, path)
+def write_json_atomic(path: Path, value: Any, *, sync: bool = True) -> None:
+    write_atomic(path, json.dumps(value), sync=sync)

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.atomic import write_atomic
 from engine.errors import BadInput, BudgetTuiError, DatasetFilesMissing
 from engine.preflight import DATASET_FILES, require_files
 
@@ -342,15 +342,8 @@ def _decode_class_trees(
     arrays = {}
     for index, (images, labels) in enumerate(parts):
         arrays[f"images_{index}"], arrays[f"labels_{index}"] = images, labels
-    # Temp file + rename, so a crash or a concurrent run never leaves a half-written cache.
-    temp_file = tempfile.NamedTemporaryFile(dir=cache_dir, prefix=".images-", suffix=".tmp", delete=False)
-    try:
-        with temp_file:
-            np.savez(temp_file, **arrays)
-        os.replace(temp_file.name, cache_path)
-    except BaseException:
-        Path(temp_file.name).unlink(missing_ok=True)
-        raise
+    # Atomic, so a crash or a concurrent run never leaves a half-written cache.
+    write_atomic(cache_path, lambda handle: np.savez(handle, **arrays))
     return parts, class_names
 
 

@@ -6,9 +6,9 @@ checkpoint/resume. Printing, the history store and seed loops live outside.
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ import numpy
 import torch
 import torch.nn.functional as F
 
+from engine.atomic import write_atomic
 from engine.config import RunConfig
 from engine.errors import BadInput
 from engine.paths import CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, USAGE_NAME
@@ -383,7 +384,7 @@ def train(
         shortfall = sampler.shortfall_reason or "the sampler ran out of epochs before spending its budget"
     summary = summarise(config, plan, accounting, history, flops_forward, device, shortfall)
     _save_usage(usage, run_dir / USAGE_NAME)
-    _atomic_write_text(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
+    write_atomic(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
     emit({"event": "done", "summary": summary})
     return summary
 
@@ -482,27 +483,20 @@ def _weight_stats(sums: torch.Tensor, unweighted: int, count: int) -> tuple[floa
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write to a temporary file and rename over the old one: a crash never leaves half a checkpoint."""
-    temporary = path.with_suffix(".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    """Serialise in memory, then write atomically: a crash never leaves half a checkpoint,
+    and a full disk surfaces as the OSError it is (torch's own file writer reports it as
+    an opaque "unexpected pos" RuntimeError)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getbuffer())
 
 
 def _save_usage(usage: torch.Tensor, path: Path) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        numpy.save(handle, usage.cpu().numpy().astype("int64"))
-    os.replace(temporary, path)
+    write_atomic(path, lambda handle: numpy.save(handle, usage.cpu().numpy().astype("int64")))
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    _atomic_write_text(run_dir / METRICS_NAME, "".join(json.dumps(record) + "\n" for record in history))
+    write_atomic(run_dir / METRICS_NAME, "".join(json.dumps(record) + "\n" for record in history))
 
 
 def _append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
