@@ -365,9 +365,10 @@ class SlurmRun:
 
     def ending(self) -> tuple[RunState, dict[str, Any]]:
         """What to record if the job ended while its run was still recorded as running (the
-        run's process records done and failed itself): a failure the job reported, a cancel
-        from outside, or -- killed, time limit, node failure, preemption, out of memory --
-        interrupted with Slurm's reason, resumable from the last checkpoint."""
+        run's process records done and failed itself; a cancel from budget-tui is recorded
+        before its scancel): a failure the job reported, or -- killed or cancelled from
+        outside, time limit, node failure, preemption, out of memory -- interrupted with
+        Slurm's reason, resumable from the last checkpoint."""
         ended = self.ended or JobInfo(GONE)
         job = f"slurm job {self.job_id}"
         folder = run_dir(self.executor.home, self.run_id) / JOB_FOLDER
@@ -382,9 +383,7 @@ class SlurmRun:
             return RunState.FAILED, {"exit_code": result[1],
                                      "message": f"{job}: run process exited with code {result[1]}"
                                                 f"{': ' + said if said else ''}"}
-        if ended.state == "CANCELLED":
-            return RunState.CANCELLED, {"exit_code": None, "message": f"{job} was cancelled ({ended.describe()})"}
-        if ended.state not in (GONE, "COMPLETED") and not any(folder.glob(f"{self.job_id}_*_log.*")):
+        if ended.state == "FAILED" and not any(folder.glob(f"{self.job_id}_*_log.*")):
             return RunState.FAILED, {"exit_code": None, "message": (
                 f"{job} ended {ended.describe()} without writing to {folder}: the home must be on a "
                 f"filesystem that the cluster's nodes share")}
