@@ -316,7 +316,7 @@ def queue_ls(
                f"{'budget':>6} {'seed':>4} {'done':>5} {'acc':>6} {'img/s':>7} {'ETA':>8}")
     for record in runs:
         config, progress = record.get("config", {}), record["progress"]
-        done = f"{progress['step'] / progress['steps']:.0%}" if progress.get("steps") else "-"
+        done = f"{progress.get('step', 0) / progress['steps']:.0%}" if progress.get("steps") else "-"
         summary = record.get("summary") or {}
         latest = progress.get("test_acc", summary.get("final_test_acc"))
         accuracy = f"{latest:.1%}" if latest is not None else "-"
