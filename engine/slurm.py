@@ -134,6 +134,8 @@ class JobInfo:
         return self.state in ACTIVE_STATES
 
     def describe(self) -> str:
+        if self.state == GONE:
+            return "unknown to Slurm (no longer listed, and no accounting to ask)"
         details = [part for part in (self.reason if self.reason not in ("", "None") else "",
                                      f"exit code {self.exit_code}" if self.exit_code not in ("", "0:0") else "") if part]
         return f"{self.state} ({', '.join(details)})" if details else self.state

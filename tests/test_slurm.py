@@ -123,12 +123,16 @@ def test_a_grid_drains_through_slurm_with_job_ids_recorded(slurm_cluster, tmp_pa
     assert len(ids) == 6
     worker = slurm_worker(slurm_cluster, home, "--once", "--max-jobs", "3", "--time", "10")
     shown = set()  # what `queue ls` showed while the grid drained: 3 jobs on 2 CPUs, so one waits
-    while worker.poll() is None:
-        listed = json.loads(budget_tui(slurm_cluster, "queue", "ls", "--home", str(home), "--json").stdout)
-        shown |= {(row["state"], (row.get("slurm") or {}).get("state")) for row in listed}
-        table = budget_tui(slurm_cluster, "queue", "ls", "--home", str(home)).stdout
-        shown |= {("table", line.split()[1]) for line in table.splitlines()[1:]}
-        time.sleep(0.5)
+    try:
+        while worker.poll() is None:
+            listed = json.loads(budget_tui(slurm_cluster, "queue", "ls", "--home", str(home), "--json").stdout)
+            shown |= {(row["state"], (row.get("slurm") or {}).get("state")) for row in listed}
+            table = budget_tui(slurm_cluster, "queue", "ls", "--home", str(home)).stdout
+            shown |= {("table", line.split()[1]) for line in table.splitlines()[1:]}
+            time.sleep(0.5)
+    finally:
+        if worker.poll() is None:
+            stop(worker)
     assert worker.returncode == 0, worker.stderr.read()
     runs = Store(home / "history.json").list_runs()
     assert [run["state"] for run in runs] == ["done"] * 6
@@ -195,8 +199,13 @@ def test_worker_stop_leaves_jobs_running_and_two_later_workers_follow_them_never
         assert store.get_run(run["id"])["state"] in ("running", "done")
         assert job_state(slurm_cluster, run["slurm"]["job_id"]) in ("PENDING", "RUNNING", "COMPLETING", "COMPLETED")
     racing = [slurm_worker(slurm_cluster, home, "--once", "--max-jobs", "2", "--time", "10") for _ in range(2)]
-    for worker in racing:
-        assert worker.wait(timeout=400) == 0, worker.stderr.read()
+    try:
+        for worker in racing:
+            assert worker.wait(timeout=400) == 0, worker.stderr.read()
+    finally:
+        for worker in racing:
+            if worker.poll() is None:
+                stop(worker)
     runs = store.list_runs()
     assert sorted(run["id"] for run in runs) == ids
     assert all(run["state"] == "done" for run in runs)
@@ -210,14 +219,20 @@ def test_worker_stop_leaves_jobs_running_and_two_later_workers_follow_them_never
 def test_a_run_longer_than_its_time_limit_is_requeued_and_finishes(slurm_cluster, tmp_path):  # noqa: F811
     home = tmp_path / "home"
     home.mkdir()
-    (home / "slurm.toml").write_text("time = 1\nsignal_delay_s = 20\n")  # signalled 40 s into the job
+    # Slurm signals the job 20-40 s before its 1-minute limit (its timer ticks every ~30 s);
+    # the requeued job is eligible 2 minutes later. 25 epochs take longer than one such job.
+    (home / "slurm.toml").write_text("time = 1\nsignal_delay_s = 20\n")
     store = Store(home / "history.json")
-    (run_id,) = queue.enqueue(store, "p", [QUICK.replace(epochs=60)])
+    (run_id,) = queue.enqueue(store, "p", [QUICK.replace(epochs=25)])
     worker = slurm_worker(slurm_cluster, home, "--once")
-    assert worker.wait(timeout=580) == 0, worker.stderr.read()
+    try:
+        assert worker.wait(timeout=590) == 0, worker.stderr.read()
+    finally:
+        if worker.poll() is None:
+            stop(worker)
     record = store.get_run(run_id)
     assert record["state"] == "done", record.get("outcome")
     starts = starts_in_log(home, run_id)
     assert len(starts) >= 2 and len({line.split()[4] for line in starts}) == 1  # one job, requeued
-    assert [row[0] for row in metrics(home, run_id)] == list(range(1, 61))
-    assert record["summary"]["epochs_run"] == 60
+    assert [row[0] for row in metrics(home, run_id)] == list(range(1, 26))
+    assert record["summary"]["epochs_run"] == 25
