@@ -15,9 +15,9 @@ from engine.config import RunConfig
 from engine.errors import BadInput, NotFound
 from engine.paths import RESULT_NAMES
 from engine.processes import STOP_GRACE_S, is_alive, is_remote, terminate_group
-from engine.slurm import cancel_job, job_of
 from engine.records import (FINISHED, RETRYABLE, RunState, TransitionRefused, can_change, change_state,
                             new_record, now)
+from engine.slurm import cancel_job, job_of
 from engine.store import Store
 
 # The state names (and FINISHED, RETRYABLE) the screens import from here.
