@@ -158,7 +158,7 @@ def query_jobs(job_ids: list[str]) -> dict[str, JobInfo]:
     missing from the answer because the controller did not answer is left out (ask again)."""
     if not job_ids:
         return {}
-    answer = _slurm(["squeue", "-h", "--states=all", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
+    answer = _slurm(["squeue", "-h", "-r", "--states=all", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
     if answer is None or (answer.returncode != 0 and "Invalid job id" not in answer.stderr):
         return {}
     found: dict[str, JobInfo] = {}
@@ -353,14 +353,21 @@ class SlurmRun:
         if info.active:
             if info.state != self.seen:
                 self.seen = info.state
-                note_job(self.executor.store, self.run_id, {"job_id": self.job_id, "state": info.state,
-                                                           "reason": info.reason})
+                self._note({"state": info.state, "reason": info.reason})
             return None
         self.ended = job_details(self.job_id) or info
         self.executor.forget(self.job_id)
-        note_job(self.executor.store, self.run_id, {"job_id": self.job_id, "state": self.ended.state,
-                                                   "reason": self.ended.reason, "exit_code": self.ended.exit_code})
+        self._note({"state": self.ended.state, "reason": self.ended.reason, "exit_code": self.ended.exit_code})
         return 0
+
+    def _note(self, news: dict[str, Any]) -> None:
+        """Keep the record's job state current; a history that cannot be written now (full
+        disk) only delays that news, so the worker says so and goes on."""
+        try:
+            note_job(self.executor.store, self.run_id, {"job_id": self.job_id, **news})
+        except BudgetTuiError as error:
+            print(f"error: run {self.run_id}: slurm job {self.job_id} is {news['state']} but was not recorded: "
+                  f"{error}", file=sys.stderr, flush=True)
 
     def stop(self, grace_s: float) -> None:
         cancel_job(self.job_id)
