@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -32,7 +33,11 @@ def die_with_parent() -> None:
         pass  # not Linux: the run then finishes on its own and records its outcome
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, supervised_by_scheduler: bool = False) -> int:
+    """Run the queued run HOME RUN_ID here. `supervised_by_scheduler`: this process is a
+    cluster job (Slurm), whose SIGTERM means cancel, time limit, preemption or requeue; it
+    then exits without recording anything, as the worker reads the reason from the scheduler
+    and a requeued job must find its run still running."""
     parser = argparse.ArgumentParser(prog="python -m engine.child")
     parser.add_argument("home", type=Path)
     parser.add_argument("run_id", type=int)
@@ -41,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
 
     def on_sigterm(signum: int, frame: object) -> None:
+        if supervised_by_scheduler:
+            sys.stdout.flush()
+            os._exit(128 + signum)
         raise Interrupted("stopped by SIGTERM")
 
     def print_event(event: dict) -> None:

@@ -2,13 +2,14 @@
 
 Every state change here is checked against engine.records' transition table inside one
 store transaction, so two workers never claim the same run and a cancelled run never
-starts. Process liveness and signals live in engine.processes. Must not import torch.
+starts. Process liveness and signals live in engine.processes; a run submitted as a Slurm
+job is followed and cancelled through Slurm instead (engine.slurm). Must not import torch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from engine.config import RunConfig
 from engine.errors import BadInput, NotFound
@@ -16,6 +17,7 @@ from engine.paths import RESULT_NAMES
 from engine.processes import STOP_GRACE_S, is_alive, is_remote, terminate_group
 from engine.records import (FINISHED, RETRYABLE, RunState, TransitionRefused, can_change, change_state,
                             new_record, now)
+from engine.slurm import cancel_job, job_of
 from engine.store import Store
 
 # The state names (and FINISHED, RETRYABLE) the screens import from here.
@@ -56,6 +58,24 @@ def record_start(store: Store, run_id: int, process: dict[str, Any], **fields: A
         table.update({**fields, "process": process}, doc_ids=[run_id])
 
 
+def adopt_orphans(store: Store, worker: dict[str, Any], limit: int,
+                  followable: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """Atomically make `worker` the worker of up to `limit` running runs whose worker is
+    gone and which it can follow (a cluster job that outlived its worker). Returns them."""
+    def orphaned(record: dict[str, Any]) -> bool:
+        return record.get("state") == RunState.RUNNING and not is_alive(record.get("worker")) and followable(record)
+
+    if limit <= 0 or not any(orphaned(record) for record in store.list_runs()):
+        return []  # the common case takes no lock and writes nothing
+    adopted = []
+    with store.transaction() as table:
+        for record in table.all():
+            if len(adopted) < limit and orphaned(record):
+                table.update({"worker": worker}, doc_ids=[record.doc_id])
+                adopted.append({**record, "worker": worker, "id": record.doc_id})
+    return adopted
+
+
 def finish_if_running(store: Store, run_id: int, state: RunState, **fields: Any) -> bool:
     """Move a run out of `running` unless something else (a cancel) already did."""
     with store.transaction() as table:
@@ -68,10 +88,12 @@ def finish_if_running(store: Store, run_id: int, state: RunState, **fields: Any)
 
 def cancel(store: Store, run_ids: list[int], grace_s: float = STOP_GRACE_S) -> dict[int, str]:
     """Cancel queued runs at once; stop running ones (SIGTERM to the process group, a
-    grace period, then SIGKILL). A run whose process is on another host is marked
-    cancelled but its process is not signalled. Returns id -> what happened."""
+    grace period, then SIGKILL); a run submitted as a Slurm job by scancel. A run whose
+    process is on another host is marked cancelled but its process is not signalled.
+    Returns id -> what happened."""
     outcome: dict[int, str] = {}
     to_stop: list[dict[str, Any]] = []
+    jobs: dict[int, str] = {}
     with store.transaction() as table:
         for run_id in run_ids:
             record = table.get(doc_id=run_id)
@@ -86,20 +108,27 @@ def cancel(store: Store, run_ids: list[int], grace_s: float = STOP_GRACE_S) -> d
                          doc_ids=[run_id])
             outcome[run_id] = RunState.CANCELLED
             process = record.get("process") if state == RunState.RUNNING else None
-            if process and is_remote(process):
+            job_id = job_of(record) if state == RunState.RUNNING else None
+            if job_id:
+                jobs[run_id] = job_id
+            elif process and is_remote(process):
                 outcome[run_id] = (f"cancelled; its process runs on host {process['host']} "
                                    f"and was not signalled from here")
             elif process:
                 to_stop.append(process)
     for process in to_stop:
         terminate_group(process, grace_s)
+    for run_id, job_id in jobs.items():
+        refused = cancel_job(job_id)
+        if refused:
+            outcome[run_id] = f"cancelled; scancel of slurm job {job_id} failed: {refused}"
     return outcome
 
 
 def _requeue(record: dict[str, Any]) -> dict[str, Any]:
     """The fields that queue a run again: it resumes from its checkpoint as a new attempt."""
     return change_state(record, RunState.QUEUED, finished_at=None, outcome=None, process=None, progress={},
-                        summary=None, attempts=int(record.get("attempts", 1)) + 1)
+                        summary=None, slurm=None, attempts=int(record.get("attempts", 1)) + 1)
 
 
 def retry(store: Store, run_ids: list[int], *, fresh: bool = False) -> dict[int, str]:
@@ -143,7 +172,11 @@ def clear_queued(store: Store) -> list[int]:
 
 # --- reconciliation
 def is_stale(record: dict[str, Any]) -> bool:
-    """Recorded as running, but its process (or, before it started, its worker) is gone."""
+    """Recorded as running, but its process (or, before it started, its worker) is gone. A
+    Slurm job's process is not judged by its pid (a requeued job restarts it, perhaps on
+    another node): the worker that follows the job records its end from Slurm's state."""
+    if job_of(record):
+        return False
     return record.get("state") == RunState.RUNNING and not is_alive(record.get("process") or record.get("worker"))
 
 

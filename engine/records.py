@@ -124,6 +124,7 @@ RECORD_FIELDS: Mapping[str, frozenset[type]] = {name: frozenset(types) for name,
     "outcome": _MAPPING | _NULL,
     "process": _MAPPING | _NULL,
     "worker": _MAPPING | _NULL,
+    "slurm": _MAPPING | _NULL,  # the Slurm job of a run submitted to a cluster: job_id, state, reason
 }.items()}
 _CONFIG_JSON_TYPES = {int: _COUNT, float: _NUMBER, str: _TEXT, bool: _FLAG}
 # Summary numbers that the front ends format as numbers (a string there stops every listing).

@@ -1,7 +1,8 @@
 """The worker: claims queued runs and executes each in a child process, one per slot.
 
-How a claimed run is executed is the small Executor interface (local child processes
-here), so a cluster scheduler can be added without touching the queue or the store.
+How a claimed run is executed is the small Executor interface: local child processes
+here, Slurm jobs in engine.slurm; another scheduler is one more executor, with no change to
+the queue or the store.
 A worker registers itself in <home>/workers/<pid>.json; on start it reconciles runs whose
 process is gone. Must not import torch.
 """
@@ -31,11 +32,15 @@ WORKERS_DIR = "workers"
 
 @dataclass(frozen=True)
 class Slot:
-    """Where one run executes: a GPU id, "" for CPU only, or None to inherit the environment."""
+    """Where one run executes: a GPU id, "" for CPU only, or None to inherit the environment;
+    for a cluster scheduler, which of the jobs in flight (the scheduler picks the resources)."""
 
     gpu: str | None
+    job: int | None = None
 
     def label(self) -> str:
+        if self.job is not None:
+            return f"job {self.job}"
         return "inherit" if self.gpu is None else (f"gpu {self.gpu}" if self.gpu else "cpu")
 
 
@@ -48,16 +53,28 @@ class RunningRun(Protocol):
     def stop(self, grace_s: float) -> None:
         """SIGTERM, wait up to grace_s, then SIGKILL."""
 
+    def ending(self) -> tuple[RunState, dict[str, Any]]:
+        """Once poll says it ended: the state and outcome to record if the run did not
+        record its own (it was killed or crashed)."""
+
 
 class Executor(Protocol):
+    # False: the worker stops its runs when it stops. True: they run on (cluster jobs), and
+    # a later worker follows them again (`follow`).
+    runs_outlive_worker: bool
+
     def start(self, record: dict[str, Any], slot: Slot) -> RunningRun:
         """Start the claimed run; a BudgetTuiError (the run then fails) if it cannot."""
+
+    def follow(self, record: dict[str, Any]) -> RunningRun | None:
+        """A run started by a worker that is gone, if this executor can still follow it."""
 
 
 @dataclass
 class LocalRun:
     run_id: int
     process: subprocess.Popen
+    log: Path
 
     def poll(self) -> int | None:
         return self.process.poll()
@@ -67,6 +84,14 @@ class LocalRun:
         processes.terminate_group(identity, grace_s)
         self.process.wait()
 
+    def ending(self) -> tuple[RunState, dict[str, Any]]:
+        code = self.process.poll()
+        if code is not None and code < 0:
+            return RunState.INTERRUPTED, {"exit_code": code, "message": f"killed by signal {-code}; resumable"}
+        last_words = last_error_line(self.log)
+        return RunState.FAILED, {"exit_code": code, "message": f"run process exited with code {code}"
+                                                              f"{': ' + last_words if last_words else ''}; see {self.log}"}
+
 
 @dataclass
 class LocalExecutor:
@@ -75,6 +100,10 @@ class LocalExecutor:
 
     home: Path
     data_root: Path | None = None
+    runs_outlive_worker = False  # each child dies with its worker (and is found interrupted by pid)
+
+    def follow(self, record: dict[str, Any]) -> None:
+        return None
 
     def start(self, record: dict[str, Any], slot: Slot) -> LocalRun:
         folder = run_dir(self.home, record["id"])
@@ -92,7 +121,7 @@ class LocalExecutor:
                                            env=environment, start_new_session=True)
         except OSError as error:
             raise storage_error(error, "prepare the run folder", folder) from None
-        return LocalRun(record["id"], process)
+        return LocalRun(record["id"], process, folder / LOG_NAME)
 
 
 @dataclass
@@ -121,12 +150,15 @@ class Worker:
             queue.reconcile(self.store, resume=self.auto_resume)
             while not self.stopping:
                 self._reap()
+                self._follow_orphans()
                 claimed = self._fill_slots()
                 if self.once and not self.running and not claimed:
                     break
                 time.sleep(self.poll_s)
         finally:
             for slot, run in list(self.running.items()):
+                if self.executor.runs_outlive_worker:
+                    continue  # a later worker follows it
                 run.stop(STOP_GRACE_S)  # the child records "interrupted" itself
                 self._record_exit(run)
             self.running.clear()
@@ -150,6 +182,17 @@ class Worker:
                 self._record_failure(record["id"], None, f"cannot start: {error}")
         return claimed
 
+    def _follow_orphans(self) -> None:
+        """Take over, into free slots, runs whose worker is gone but whose job runs on."""
+        free = [slot for slot in self.slots if slot not in self.running]
+        if not free or self.stopping or not self.executor.runs_outlive_worker:
+            return
+        for record in queue.adopt_orphans(self.store, worker_identity(), len(free),
+                                          followable=lambda record: self.executor.follow(record) is not None):
+            run = self.executor.follow(record)
+            if run is not None:
+                self.running[free.pop(0)] = run
+
     def _reap(self) -> None:
         for slot, run in list(self.running.items()):
             if run.poll() is not None:
@@ -158,15 +201,7 @@ class Worker:
 
     def _record_exit(self, run: RunningRun) -> None:
         """A child that died without recording its outcome (killed, crashed) is recorded here."""
-        code = run.poll()
-        if code is not None and code < 0:
-            self._record(run.run_id, RunState.INTERRUPTED, {
-                "exit_code": code, "message": f"killed by signal {-code}; resumable"})
-            return
-        log = run_dir(self.home, run.run_id) / LOG_NAME
-        last_words = last_error_line(log)
-        self._record_failure(run.run_id, code, f"run process exited with code {code}"
-                             f"{': ' + last_words if last_words else ''}; see {log}")
+        self._record(run.run_id, *run.ending())
 
     def _record_failure(self, run_id: int, code: int | None, message: str) -> None:
         self._record(run_id, RunState.FAILED, {"exit_code": code, "message": message})
@@ -249,10 +284,11 @@ def start_detached_worker(
     once: bool = False,
     auto_resume: bool = False,
     data_root: Path | None = None,
+    executor_options: list[str] | None = None,
 ) -> tuple[int, Path]:
     """Start `budget-tui worker` in a new session, so it outlives the terminal (SSH logout);
     its output goes to <home>/worker.log. Returns (pid, log path)."""
-    command = [sys.executable, "-m", "tui_app.cli", "worker", "--home", str(home)]
+    command = [sys.executable, "-m", "tui_app.cli", "worker", "--home", str(home), *(executor_options or [])]
     command += ["--gpus", gpus] if gpus is not None else []
     command += ["--once"] * once + ["--auto-resume"] * auto_resume
     command += ["--data-root", str(data_root)] if data_root is not None else []

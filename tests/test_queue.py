@@ -229,3 +229,16 @@ def test_retry_resumes_by_default_and_fresh_starts_over(tmp_path):
     record = store.get_run(second)
     assert record["state"] == "queued" and record["outcome"] is None and record["attempts"] == 2
     assert not (tmp_path / str(second) / METRICS_NAME).exists()
+
+
+def test_queue_ls_shows_a_run_that_has_its_plan_but_no_step_yet(tmp_path):
+    store = store_of(tmp_path)
+    (run_id,) = queue.enqueue(store, "p", [QUICK])
+    folder = tmp_path / str(run_id)
+    folder.mkdir()
+    (folder / "progress.json").write_text(json.dumps({"steps": 44, "epochs": 2, "epoch": 0, "device": "cpu"}))
+    store.update_run(run_id, state="running", run_dir=str(folder), process=processes.process_identity(os.getpid()))
+    result = cli("queue", "ls", "--home", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1].split()[:2] == [str(run_id), "running"]
+    assert result.stdout.splitlines()[1].split()[8] == "0%"

@@ -344,6 +344,7 @@ def queue_ls(
     """Queued, running and interrupted runs with progress and ETA."""
     from engine.queue import FINISHED, queue_order, reconcile
     from engine.runs import read_progress
+    from engine.slurm import display_state
 
     store = _store(home)
     reconcile(store)
@@ -358,13 +359,13 @@ def queue_ls(
                f"{'budget':>6} {'seed':>4} {'done':>5} {'acc':>6} {'img/s':>7} {'ETA':>8}")
     for record in runs:
         config, progress = record.get("config", {}), record["progress"]
-        done = f"{progress['step'] / progress['steps']:.0%}" if progress.get("steps") else "-"
+        done = f"{progress.get('step', 0) / progress['steps']:.0%}" if progress.get("steps") else "-"
         summary = record.get("summary") or {}
         latest = progress.get("test_acc", summary.get("final_test_acc"))
         accuracy = f"{latest:.1%}" if latest is not None else "-"
         rate = f"{progress['images_per_s']:,.0f}" if "images_per_s" in progress else "-"
         eta = _duration(progress.get("eta_s"))
-        typer.echo(f"{record['id']:>5} {record.get('state', '?'):<11} {record.get('priority', 0):>4} "
+        typer.echo(f"{record['id']:>5} {display_state(record):<11} {record.get('priority', 0):>4} "
                    f"{record.get('preset', ''):<14.14} {config.get('sampler', ''):<12} "
                    f"{config.get('augmentation', ''):<9} {config.get('budget', 0):>6g} {config.get('seed', 0):>4} "
                    f"{done:>5} {accuracy:>6} {rate:>7} {eta:>8}")
@@ -442,24 +443,62 @@ def worker(
     detach: Annotated[bool, typer.Option("--detach", help="Keep running after this terminal closes.")] = False,
     once: Annotated[bool, typer.Option("--once", help="Drain the queue, then exit.")] = False,
     auto_resume: Annotated[bool, typer.Option("--auto-resume", help="Queue interrupted runs again on start.")] = False,
+    executor: Annotated[str, typer.Option("--executor", help="local (this machine) or slurm (one job per run).")] = "local",
+    partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition.")] = None,
+    time_limit: Annotated[Optional[int], typer.Option("--time", help="Slurm time limit per job, minutes.")] = None,
+    cpus: Annotated[Optional[int], typer.Option("--cpus", help="Slurm CPUs per run.")] = None,
+    gpus_per_run: Annotated[Optional[int], typer.Option("--gpus-per-run", help="Slurm GPUs per run.")] = None,
+    mem: Annotated[Optional[str], typer.Option("--mem", help="Slurm memory per run, e.g. 8G.")] = None,
+    account: Annotated[Optional[str], typer.Option("--account", help="Slurm account.")] = None,
+    sbatch: Annotated[list[str], typer.Option("--sbatch", help="Extra sbatch flag, e.g. --sbatch=--qos=high.")] = [],
+    max_jobs: Annotated[Optional[int], typer.Option("--max-jobs", help="Slurm jobs in flight at once.")] = None,
     home: HomeOption = None,
     data_root: DataRootOption = None,
 ) -> None:
-    """Execute queued runs, each in its own process group, one per slot."""
+    """Execute queued runs: here, each in its own process group, one per slot; or with
+    --executor slurm, each as a Slurm job (settings also in <home>/slurm.toml)."""
     if context.invoked_subcommand is not None:
         return
-    from engine.worker import LocalExecutor, Worker, parse_gpus
+    from engine.worker import LocalExecutor, Slot, Worker, parse_gpus
 
     home_dir = resolve_home(home)
-    slots = parse_gpus(gpus)
     _store(home_dir).list_runs()  # a corrupted history is reported now, not in the background
+    slurm_options = {"partition": partition, "time": time_limit, "cpus": cpus, "gpus_per_run": gpus_per_run,
+                     "mem": mem, "account": account, "sbatch": sbatch or None, "max_jobs": max_jobs}
+    if executor == "slurm":
+        from engine import slurm
+
+        if gpus is not None:
+            raise BadInput("--gpus picks this machine's GPUs; with --executor slurm use --gpus-per-run")
+        settings = slurm.SlurmSettings.load(home_dir, slurm_options)
+        slurm.check_available()
+        slots = [Slot(None, job=index) for index in range(1, settings.max_jobs + 1)]
+        chosen: Any = slurm.SlurmExecutor(home_dir, settings, data_root)
+    elif executor == "local":
+        given = [f"--{name.replace('_', '-')}" for name, value in slurm_options.items() if value is not None]
+        if given:
+            raise BadInput(f"{given[0]} is a Slurm job setting: add --executor slurm")
+        slots = parse_gpus(gpus)
+        chosen = LocalExecutor(home_dir, data_root)
+    else:
+        raise BadInput(f"--executor takes local or slurm, got {executor!r}")
     if detach:
         from engine.worker import start_detached_worker
 
-        pid, log = start_detached_worker(home_dir, gpus=gpus, once=once, auto_resume=auto_resume, data_root=data_root)
+        pid, log = start_detached_worker(home_dir, gpus=gpus, once=once, auto_resume=auto_resume, data_root=data_root,
+                                         executor_options=_executor_arguments(executor, slurm_options))
         typer.echo(f"worker started in the background: pid {pid}, log {log}")
         return
-    Worker(home_dir, slots, LocalExecutor(home_dir, data_root), once=once, auto_resume=auto_resume).run()
+    Worker(home_dir, slots, chosen, once=once, auto_resume=auto_resume).run()
+
+
+def _executor_arguments(executor: str, options: dict[str, Any]) -> list[str]:
+    """The command-line form of the executor options, for a detached worker."""
+    arguments = ["--executor", executor]
+    for name, value in options.items():
+        for item in (value if isinstance(value, list) else [value] if value is not None else []):
+            arguments.append(f"--{name.replace('_', '-')}={item}")
+    return arguments
 
 
 @worker_app.command("status")

@@ -13,6 +13,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from engine.queue import INTERRUPTED, QUEUED, RUNNING, queue_order, set_priority, validate_priority
+from engine.slurm import display_state
 from tui_app.screens.base import AppScreen, Snapshot
 from tui_app.screens.run_detail import RunDetailScreen
 from tui_app.widgets.cells import duration, percent, progress_bar, rate, remaining_seconds, state_text
@@ -43,7 +44,7 @@ def queue_cells(record: dict[str, Any], progress: dict[str, Any], now: dt.dateti
     else:
         bar = "resumable" if state == INTERRUPTED else ""
     return {
-        "id": str(record["id"]), "state": state_text(state), "progress": bar,
+        "id": str(record["id"]), "state": state_text(display_state(record)), "progress": bar,
         "acc": percent(progress.get("test_acc")) if state == RUNNING else "",
         "rate": rate(progress.get("images_per_s")) if state == RUNNING else "",
         "eta": duration(remaining_seconds(progress, now)) if state == RUNNING else "",
