@@ -318,8 +318,10 @@ def _read_idx(path: Path) -> np.ndarray:
         raise BadInput(f"{path} is not an IDX file of unsigned bytes (header {data[:4].hex()})")
     dimensions = data[3]
     header_size = 4 + 4 * dimensions
+    if len(data) < header_size:
+        raise BadInput(f"{path} is truncated: {len(data)} bytes do not hold its header")
     shape = tuple(int(size) for size in np.frombuffer(data, dtype=">u4", count=dimensions, offset=4))
-    if len(shape) != dimensions or len(data) - header_size != int(np.prod(shape)):
+    if len(data) - header_size != int(np.prod(shape)):
         raise BadInput(f"{path} is truncated or corrupt: its header declares shape {shape}")
     return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(shape)
 
