@@ -60,9 +60,11 @@ def test_strided_cnn_halves_28_px_three_times_and_costs_what_its_layers_say() ->
     assert model.forward_features(torch.randn(2, 1, 28, 28)).shape == (2, 128, 4, 4)
     assert not any(isinstance(module, torch.nn.MaxPool2d) for module in model.modules())
     # Multiply-accumulates: output positions x output channels x (3 x 3 x input channels),
-    # then the linear layer over the flattened 4x4x128 map.
+    # then the hidden layer over the flattened 4x4x128 map and the classifier.
     convolutions = 14 * 14 * 32 * 9 * 1 + 7 * 7 * 64 * 9 * 32 + 4 * 4 * 128 * 9 * 64
-    assert forward_flops_per_sample(model, (1, 28, 28)) == 2 * (convolutions + 4 * 4 * 128 * 10)
+    linear = 4 * 4 * 128 * 256 + 256 * 10
+    assert forward_flops_per_sample(model, (1, 28, 28)) == 2 * (convolutions + linear)
+    assert model.num_features == 256 and model.forward_head(torch.randn(2, 128, 4, 4), pre_logits=True).shape == (2, 256)
 
 
 @pytest.mark.parametrize("training", [True, False])
