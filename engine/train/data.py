@@ -1,8 +1,9 @@
 """Datasets as CPU tensors: uint8 images (N, C, H, W) and int64 labels, with their splits.
 
 Owns every on-disk format the engine reads (CIFAR pickles, SVHN .mat files, the MNIST
-family's IDX files, class-per-folder image trees and their decoded cache). Holds no training logic; the training loop moves the
-tensors to the device. sklearn, scipy, PIL and torchvision are imported only where needed.
+family's IDX files, class-per-folder image trees and their decoded cache). Holds no training
+logic; the training loop moves the tensors to the device. sklearn, scipy, PIL and
+torchvision are imported only where needed.
 """
 
 import dataclasses
