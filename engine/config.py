@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.errors import BadInput
 
-DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mini-imagenet", "imagefolder")
+DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mini-imagenet", "fashion-mnist", "mnist", "imagefolder")
 SAMPLERS = ("sgd", "unif-sgd", "random-subset", "p-sgd", "c-sgd", "sb", "ub", "infobatch")
 AUGMENTATIONS = ("standard", "mixup", "cutmix", "ricap", "randaugment")
 SCORE_AVERAGES = ("mean", "last")

@@ -12,8 +12,13 @@ NUM_CLASSES = 7
 
 
 def _model_and_input_cases() -> list[object]:
-    # small_cnn is made for 8x8 grey digits but must also take CIFAR-shaped input.
-    cases = [(name, (3, 32, 32)) for name in REGISTERED_MODELS] + [("small_cnn", (1, 8, 8))]
+    # small_cnn is made for 8x8 grey digits and strided_cnn for 28x28 grey images, but every
+    # model must also take CIFAR-shaped input; at 64 px strided_cnn pools its map to its grid.
+    cases = [(name, (3, 32, 32)) for name in REGISTERED_MODELS] + [
+        ("small_cnn", (1, 8, 8)),
+        ("strided_cnn", (1, 28, 28)),
+        ("strided_cnn", (1, 64, 64)),
+    ]
     return [pytest.param(name, shape, id=f"{name}-{'x'.join(map(str, shape))}") for name, shape in cases]
 
 
@@ -48,6 +53,18 @@ def test_cifar_resnet18_matches_spec_architecture() -> None:
     stem_out = model.maxpool(model.act1(model.bn1(model.conv1(torch.randn(2, 3, 32, 32)))))
     assert stem_out.shape[-2:] == (32, 32)
     assert forward_flops_per_sample(model, (3, 32, 32)) == pytest.approx(2 * 0.556e9, rel=0.02)
+
+
+def test_strided_cnn_halves_28_px_three_times_and_costs_what_its_layers_say() -> None:
+    model = timm.create_model("strided_cnn", num_classes=10)
+    assert model.forward_features(torch.randn(2, 1, 28, 28)).shape == (2, 128, 4, 4)
+    assert not any(isinstance(module, torch.nn.MaxPool2d) for module in model.modules())
+    # Multiply-accumulates: output positions x output channels x (3 x 3 x input channels),
+    # then the hidden layer over the flattened 4x4x128 map and the classifier.
+    convolutions = 14 * 14 * 32 * 9 * 1 + 7 * 7 * 64 * 9 * 32 + 4 * 4 * 128 * 9 * 64
+    linear = 4 * 4 * 128 * 256 + 256 * 10
+    assert forward_flops_per_sample(model, (1, 28, 28)) == 2 * (convolutions + linear)
+    assert model.num_features == 256 and model.forward_head(torch.randn(2, 128, 4, 4), pre_logits=True).shape == (2, 256)
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -1,11 +1,13 @@
 """Datasets as CPU tensors: uint8 images (N, C, H, W) and int64 labels, with their splits.
 
-Owns every on-disk format the engine reads (CIFAR pickles, SVHN .mat files, class-per-folder
-image trees and their decoded cache). Holds no training logic; the training loop moves the
-tensors to the device. sklearn, scipy, PIL and torchvision are imported only where needed.
+Owns every on-disk format the engine reads (CIFAR pickles, SVHN .mat files, the MNIST
+family's IDX files, class-per-folder image trees and their decoded cache). Holds no training
+logic; the training loop moves the tensors to the device. sklearn, scipy, PIL and
+torchvision are imported only where needed.
 """
 
 import dataclasses
+import gzip
 import hashlib
 import json
 import os
@@ -36,7 +38,9 @@ class DatasetSplits:
     flip: bool  # horizontal flip allowed by standard augmentation
 
 
-DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "cifar100", "svhn", "mini-imagenet", "imagefolder")
+DATASET_NAMES: tuple[str, ...] = (
+    "digits", "cifar10", "cifar100", "svhn", "mini-imagenet", "fashion-mnist", "mnist", "imagefolder"
+)
 
 # name -> (label key, mean, std); the folder and file names are engine.preflight.DATASET_FILES.
 _CIFAR = {
@@ -45,8 +49,28 @@ _CIFAR = {
 }
 _MINI_IMAGENET_MEAN = (0.4728, 0.4487, 0.4031)
 _MINI_IMAGENET_STD = (0.2744, 0.2663, 0.2806)
+
+
+@dataclass(frozen=True)
+class _IdxDataset:
+    """Where a dataset of the MNIST family (four IDX files, plain or gzipped) may be found."""
+
+    system_directory: Path | None  # where an operating-system package installs the files
+    package: str | None  # that package's name, for the error message
+    flip: bool
+
+
+# The original file names; each may also be stored gzipped (name + ".gz").
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_IDX_DATASETS = {
+    "fashion-mnist": _IdxDataset(Path("/usr/share/datasets/fashion-mnist"), "dataset-fashion-mnist", flip=True),
+    # Handwritten digits change meaning when mirrored.
+    "mnist": _IdxDataset(None, None, flip=False),
+}
+_IDX_UNSIGNED_BYTE = 0x08
+_IDX_CLASSES = 10
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
-_NATIVE_IMAGE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "svhn": 32}
+_NATIVE_IMAGE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "svhn": 32, "fashion-mnist": 28, "mnist": 28}
 _DEFAULT_IMAGE_SIZE = {"imagefolder": 32, "mini-imagenet": 84}
 _IMAGEFOLDER_TEST_FRACTION = 0.2
 _DIGITS_TEST_COUNT = 360
@@ -88,6 +112,8 @@ def load_dataset(
         return _load_cifar(name, data_root, download)
     if name == "svhn":
         return _load_svhn(data_root, download)
+    if name in _IDX_DATASETS:
+        return _load_idx_dataset(name, data_root)
     size = image_size if image_size is not None else _DEFAULT_IMAGE_SIZE[name]
     if name == "mini-imagenet":
         return _load_mini_imagenet(data_root, size, split_seed)
@@ -247,6 +273,85 @@ def _load_svhn(data_root: Path, download: bool) -> DatasetSplits:
 
     return _splits_from_arrays(
         "svhn", read(train_file), read(test_file), num_classes=10, flip=False, mean=(0.5,) * 3, std=(0.5,) * 3
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (plain or gzipped) as a numpy array of its declared shape.
+
+    The header is two zero bytes, the element type, the number of dimensions, then each
+    dimension as a big-endian uint32. torchvision's reader (read_sn3_pascalvincent_tensor)
+    opens only uncompressed files and checks the header with assert, and the Debian package
+    ships gzipped files, so the header is parsed here.
+    """
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as file:
+            # A bytearray, so the array (and the tensor made from it) is writable.
+            data = bytearray(file.read())
+    except (OSError, EOFError) as error:  # gzip's BadGzipFile is an OSError
+        raise BadInput(f"cannot read IDX file {path}: {error}") from error
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UNSIGNED_BYTE:
+        raise BadInput(f"{path} is not an IDX file of unsigned bytes (header {data[:4].hex()})")
+    dimensions = data[3]
+    header_size = 4 + 4 * dimensions
+    if len(data) < header_size:
+        raise BadInput(f"{path} is truncated: {len(data)} bytes do not hold its header")
+    shape = tuple(int(size) for size in np.frombuffer(data, dtype=">u4", count=dimensions, offset=4))
+    if len(data) - header_size != int(np.prod(shape)):
+        raise BadInput(f"{path} is truncated or corrupt: its header declares shape {shape}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def _find_idx_files(name: str, data_root: Path) -> list[Path]:
+    """The four IDX files from the first directory that holds all of them (plain or .gz).
+
+    The data root comes first, so a user's copy wins over the system package's.
+    """
+    dataset = _IDX_DATASETS[name]
+    directories = [data_root / name] + ([dataset.system_directory] if dataset.system_directory else [])
+    reports = []
+    for directory in directories:
+        found, missing = [], []
+        for file_name in _IDX_FILES:
+            candidates = [directory / file_name, directory / f"{file_name}.gz"]
+            present = next((path for path in candidates if path.is_file()), None)
+            (found if present else missing).append(present or file_name)
+        if not missing:
+            return found
+        state = "does not exist" if not directory.is_dir() else f"missing: {', '.join(missing)}"
+        reports.append(f"{directory} ({state})")
+    install = (
+        f"install the Debian package {dataset.package} (apt-get install {dataset.package}) or "
+        if dataset.package
+        else ""
+    )
+    raise DatasetFilesMissing(
+        f"{name} files missing: looked in {'; '.join(reports)}; expected {', '.join(_IDX_FILES)} "
+        f"(each may be gzipped); {install}put the files in {data_root / name}"
+    )
+
+
+def _load_idx_dataset(name: str, data_root: Path) -> DatasetSplits:
+    paths = _find_idx_files(name, data_root)
+    train_images, train_labels, test_images, test_labels = (_read_idx(path) for path in paths)
+    for images, labels, image_path in ((train_images, train_labels, paths[0]), (test_images, test_labels, paths[2])):
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise BadInput(
+                f"{image_path} holds shape {images.shape} for {labels.shape} labels: "
+                "expected (N, height, width) images and N labels"
+            )
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise BadInput(f"{name} train images are {train_images.shape[1:]} but test images {test_images.shape[1:]}")
+    if max(int(train_labels.max(initial=0)), int(test_labels.max(initial=0))) >= _IDX_CLASSES:
+        raise BadInput(f"{name} labels must lie in 0..{_IDX_CLASSES - 1}: {paths[1]} or {paths[3]} holds others")
+    # IDX stores (N, rows, columns); a channel axis makes them (N, 1, H, W) like every dataset.
+    return _splits_from_arrays(
+        name,
+        (train_images[:, None], train_labels),
+        (test_images[:, None], test_labels),
+        _IDX_CLASSES,
+        _IDX_DATASETS[name].flip,
     )
 
 

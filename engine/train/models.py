@@ -22,6 +22,7 @@ REGISTERED_MODELS: tuple[str, ...] = (
     "cifar_wrn_28_10",
     "small_cnn",
     "cifar_small_cnn",
+    "strided_cnn",
 )
 
 # What timm.create_model hands every entrypoint besides the model's own arguments.
@@ -201,6 +202,53 @@ class SmallCNN(ClassifierNet):
         return self.features(x)
 
 
+class StridedCNN(ClassifierNet):
+    """3x3 conv-BN-ReLU layers that each halve the resolution with stride 2, then a hidden
+    linear-ReLU layer over the flattened feature map (pooled to a fixed grid, so it keeps
+    where things are) and the classifier.
+
+    Made for a CPU: a stride-1 conv or a max-pool at full resolution spends most of a
+    step moving full-size activations through memory (measured at 28x28 on one thread: the
+    max-pool and the batch norms took three quarters of a 2-conv net's step); strided convs
+    never make them. The hidden layer costs a fifth more FLOPs and was worth a point of
+    Fashion-MNIST test accuracy after 10 epochs (92.3% against 91.3%).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        widths: tuple[int, ...] = (32, 64, 128),
+        grid: int = 4,  # the head sees grid x grid positions: 28 px after three halvings is 4
+        hidden_width: int = 256,
+        drop_rate: float = 0.0,  # before the classifier
+    ):
+        super().__init__()
+        self.in_chans = in_chans
+        layers: list[nn.Module] = []
+        for in_width, out_width in zip((in_chans, *widths), widths):
+            layers += [
+                nn.Conv2d(in_width, out_width, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out_width),
+                nn.ReLU(inplace=True),
+            ]
+        self.features = nn.Sequential(*layers)
+        self.grid = grid
+        self.hidden = nn.Sequential(nn.Linear(widths[-1] * grid * grid, hidden_width), nn.ReLU(inplace=True))
+        self._make_head(hidden_width, num_classes, head_drop_rate=drop_rate)
+        self._init_weights()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if x.shape[-2:] != (self.grid, self.grid):  # the pool is slow even where it changes nothing
+            x = nn.functional.adaptive_avg_pool2d(x, self.grid)
+        x = self.hidden(x.flatten(1))
+        x = nn.functional.dropout(x, p=self.head_drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+
 @register_model
 def cifar_resnet18(
     pretrained: bool = False, num_classes: int = 10, in_chans: int = 3, **kwargs: Any
@@ -248,6 +296,16 @@ def cifar_small_cnn(
     """small_cnn for 32x32 colour images on a CPU: stride-2 stem, widths 16/32/64 (~5 MFLOP)."""
     kwargs = _model_kwargs("cifar_small_cnn", pretrained, kwargs)
     return SmallCNN(num_classes=num_classes, in_chans=in_chans, widths=(16, 32, 64), stem_stride=2, **kwargs)
+
+
+@register_model
+def strided_cnn(
+    pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, **kwargs: Any
+) -> nn.Module:
+    """Fast CPU net for 28x28 grey images (Fashion-MNIST): three stride-2 convs, widths
+    32/64/128, a 256-wide hidden layer over the 4x4 map, linear (~5.3 MFLOP at 28 px)."""
+    kwargs = _model_kwargs("strided_cnn", pretrained, kwargs)
+    return StridedCNN(num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
 def build_model(name: str, num_classes: int, in_chans: int) -> torch.nn.Module:
