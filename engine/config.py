@@ -28,7 +28,7 @@ FIDELITIES = ("corrected", "faithful")
 DEVICES = ("auto", "cpu", "cuda")
 # Our own models (engine.train.models registers them into timm); any other timm name is
 # checked against timm itself, which imports torch, so only when a name is not one of these.
-MODELS = ("cifar_resnet18", "cifar_preact_resnet18", "cifar_wrn_28_10", "small_cnn", "cifar_small_cnn")
+MODELS = ("cifar_resnet18", "cifar_preact_resnet18", "cifar_wrn_28_10", "small_cnn", "cifar_small_cnn", "strided_cnn")
 
 # Integers are stored and passed to torch/numpy as 64-bit: a larger one fails far from its cause.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

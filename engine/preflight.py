@@ -9,6 +9,7 @@ one of ours, to ask timm's registry.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import MODELS, RunConfig
@@ -20,6 +21,53 @@ DATASET_FILES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "cifar100": ("cifar-100-python", ("train",), ("test",)),
     "svhn": ("svhn", ("train_32x32.mat",), ("test_32x32.mat",)),
 }
+
+
+@dataclass(frozen=True)
+class IdxDataset:
+    """Where a dataset of the MNIST family (four IDX files, plain or gzipped) may be found."""
+
+    system_directory: Path | None  # where an operating-system package installs the files
+    package: str | None  # that package's name, for the error message
+    flip: bool
+
+
+# The original file names; each may also be stored gzipped (name + ".gz").
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_DATASETS = {
+    "fashion-mnist": IdxDataset(Path("/usr/share/datasets/fashion-mnist"), "dataset-fashion-mnist", flip=True),
+    # Handwritten digits change meaning when mirrored.
+    "mnist": IdxDataset(None, None, flip=False),
+}
+
+
+def find_idx_files(name: str, data_root: Path) -> list[Path]:
+    """The four IDX files from the first directory that holds all of them (plain or .gz).
+
+    The data root comes first, so a user's copy wins over the system package's.
+    """
+    dataset = IDX_DATASETS[name]
+    directories = [data_root / name] + ([dataset.system_directory] if dataset.system_directory else [])
+    reports = []
+    for directory in directories:
+        found, missing = [], []
+        for file_name in IDX_FILES:
+            candidates = [directory / file_name, directory / f"{file_name}.gz"]
+            present = next((path for path in candidates if path.is_file()), None)
+            (found if present else missing).append(present or file_name)
+        if not missing:
+            return found
+        state = "does not exist" if not directory.is_dir() else f"missing: {', '.join(missing)}"
+        reports.append(f"{directory} ({state})")
+    install = (
+        f"install the Debian package {dataset.package} (apt-get install {dataset.package}) or "
+        if dataset.package
+        else ""
+    )
+    raise DatasetFilesMissing(
+        f"{name} files missing: looked in {'; '.join(reports)}; expected {', '.join(IDX_FILES)} "
+        f"(each may be gzipped); {install}put the files in {data_root / name}"
+    )
 
 
 def check_model_known(name: str) -> None:
@@ -46,7 +94,9 @@ def require_files(name: str, directory: Path, file_names: Sequence[str]) -> None
 
 def check_dataset_files(config: RunConfig, data_root: Path) -> None:
     """The files a run of `config` reads exist (a run that may download them needs none yet)."""
-    if config.dataset in DATASET_FILES and not config.download:
+    if config.dataset in IDX_DATASETS:
+        find_idx_files(config.dataset, data_root)
+    elif config.dataset in DATASET_FILES and not config.download:
         folder, train_files, test_files = DATASET_FILES[config.dataset]
         require_files(config.dataset, data_root / folder, train_files + test_files)
     elif config.dataset == "mini-imagenet" and not (data_root / "mini-imagenet").is_dir():

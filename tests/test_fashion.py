@@ -13,6 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from engine import preflight
 from engine.errors import BadInput, DatasetFilesMissing
 from engine.train import data
 from engine.train.data import load_dataset
@@ -66,8 +67,8 @@ def _write_dataset(directory: Path, train_count: int = 40, test_count: int = 20,
 def no_system_files(tmp_path, monkeypatch) -> Path:
     """Point the Debian location at an empty place, so only the data root can hold the files."""
     absent = tmp_path / "no-system-files"
-    entry = dataclasses.replace(data._IDX_DATASETS["fashion-mnist"], system_directory=absent)
-    monkeypatch.setitem(data._IDX_DATASETS, "fashion-mnist", entry)
+    entry = dataclasses.replace(preflight.IDX_DATASETS["fashion-mnist"], system_directory=absent)
+    monkeypatch.setitem(preflight.IDX_DATASETS, "fashion-mnist", entry)
     return absent
 
 
@@ -107,8 +108,8 @@ def test_the_data_root_copy_wins_over_the_system_package(tmp_path, monkeypatch):
     system = tmp_path / "system"
     _write_dataset(system, train_count=30)
     monkeypatch.setitem(
-        data._IDX_DATASETS, "fashion-mnist",
-        dataclasses.replace(data._IDX_DATASETS["fashion-mnist"], system_directory=system),
+        preflight.IDX_DATASETS, "fashion-mnist",
+        dataclasses.replace(preflight.IDX_DATASETS["fashion-mnist"], system_directory=system),
     )
     assert len(load_dataset("fashion-mnist", tmp_path / "root").train_labels) == 30  # found in the system place
     _write_dataset(tmp_path / "root" / "fashion-mnist", train_count=50)
@@ -221,3 +222,19 @@ def test_the_quick_preset_trains_the_fast_model_on_a_small_set(tmp_path, no_syst
     summary = run["summary"]
     assert summary["final_test_acc"] >= 0.9  # chance is 0.1
     assert summary["steps"] == 4 * (640 // 32)
+
+
+def test_queue_add_refuses_an_idx_dataset_without_its_files(tmp_path, monkeypatch):
+    """queue add checks the IDX files as run does, before anything is written."""
+    from typer.testing import CliRunner
+
+    from tui_app.cli import app
+
+    entry = dataclasses.replace(preflight.IDX_DATASETS["fashion-mnist"], system_directory=tmp_path / "absent")
+    monkeypatch.setitem(preflight.IDX_DATASETS, "fashion-mnist", entry)
+    home = tmp_path / "home"
+    result = CliRunner().invoke(app, ["queue", "add", "fashion-quick", "--home", str(home),
+                                      "--data-root", str(tmp_path / "data")])
+    assert result.exit_code == 2, result.output
+    assert "dataset-fashion-mnist" in result.stderr and "fashion-mnist files missing" in result.stderr
+    assert not home.exists()

@@ -22,7 +22,7 @@ import torch
 
 from engine.atomic import write_atomic
 from engine.errors import BadInput, BudgetTuiError, DatasetFilesMissing
-from engine.preflight import DATASET_FILES, require_files
+from engine.preflight import DATASET_FILES, IDX_DATASETS, find_idx_files, require_files
 
 
 @dataclass(frozen=True)
@@ -51,22 +51,6 @@ _MINI_IMAGENET_MEAN = (0.4728, 0.4487, 0.4031)
 _MINI_IMAGENET_STD = (0.2744, 0.2663, 0.2806)
 
 
-@dataclass(frozen=True)
-class _IdxDataset:
-    """Where a dataset of the MNIST family (four IDX files, plain or gzipped) may be found."""
-
-    system_directory: Path | None  # where an operating-system package installs the files
-    package: str | None  # that package's name, for the error message
-    flip: bool
-
-
-# The original file names; each may also be stored gzipped (name + ".gz").
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-_IDX_DATASETS = {
-    "fashion-mnist": _IdxDataset(Path("/usr/share/datasets/fashion-mnist"), "dataset-fashion-mnist", flip=True),
-    # Handwritten digits change meaning when mirrored.
-    "mnist": _IdxDataset(None, None, flip=False),
-}
 _IDX_UNSIGNED_BYTE = 0x08
 _IDX_CLASSES = 10
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
@@ -112,7 +96,7 @@ def load_dataset(
         return _load_cifar(name, data_root, download)
     if name == "svhn":
         return _load_svhn(data_root, download)
-    if name in _IDX_DATASETS:
+    if name in IDX_DATASETS:
         return _load_idx_dataset(name, data_root)
     size = image_size if image_size is not None else _DEFAULT_IMAGE_SIZE[name]
     if name == "mini-imagenet":
@@ -303,37 +287,8 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
-def _find_idx_files(name: str, data_root: Path) -> list[Path]:
-    """The four IDX files from the first directory that holds all of them (plain or .gz).
-
-    The data root comes first, so a user's copy wins over the system package's.
-    """
-    dataset = _IDX_DATASETS[name]
-    directories = [data_root / name] + ([dataset.system_directory] if dataset.system_directory else [])
-    reports = []
-    for directory in directories:
-        found, missing = [], []
-        for file_name in _IDX_FILES:
-            candidates = [directory / file_name, directory / f"{file_name}.gz"]
-            present = next((path for path in candidates if path.is_file()), None)
-            (found if present else missing).append(present or file_name)
-        if not missing:
-            return found
-        state = "does not exist" if not directory.is_dir() else f"missing: {', '.join(missing)}"
-        reports.append(f"{directory} ({state})")
-    install = (
-        f"install the Debian package {dataset.package} (apt-get install {dataset.package}) or "
-        if dataset.package
-        else ""
-    )
-    raise DatasetFilesMissing(
-        f"{name} files missing: looked in {'; '.join(reports)}; expected {', '.join(_IDX_FILES)} "
-        f"(each may be gzipped); {install}put the files in {data_root / name}"
-    )
-
-
 def _load_idx_dataset(name: str, data_root: Path) -> DatasetSplits:
-    paths = _find_idx_files(name, data_root)
+    paths = find_idx_files(name, data_root)
     train_images, train_labels, test_images, test_labels = (_read_idx(path) for path in paths)
     for images, labels, image_path in ((train_images, train_labels, paths[0]), (test_images, test_labels, paths[2])):
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -351,7 +306,7 @@ def _load_idx_dataset(name: str, data_root: Path) -> DatasetSplits:
         (train_images[:, None], train_labels),
         (test_images[:, None], test_labels),
         _IDX_CLASSES,
-        _IDX_DATASETS[name].flip,
+        IDX_DATASETS[name].flip,
     )
 
 
