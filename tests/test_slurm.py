@@ -115,6 +115,7 @@ def test_reconcile_never_judges_a_slurm_run_by_its_pid(tmp_path):
 
 
 # --- against the test cluster
+@pytest.mark.slow
 def test_a_grid_drains_through_slurm_with_job_ids_recorded(slurm_cluster, tmp_path):  # noqa: F811
     home = tmp_path / "home"
     added = budget_tui(slurm_cluster, "queue", "add", "digits-quick", "--set", "epochs=2", "--set", "threads=1",
@@ -185,6 +186,7 @@ def test_cancel_is_scancel_and_a_job_killed_outside_is_interrupted_then_resumes_
     assert runs[cancelled]["state"] == "cancelled"
 
 
+@pytest.mark.slow
 def test_worker_stop_leaves_jobs_running_and_two_later_workers_follow_them_never_submitting_twice(
         slurm_cluster, tmp_path):  # noqa: F811
     home = tmp_path / "home"
