@@ -8,8 +8,8 @@ import xml.etree.ElementTree as ElementTree
 
 import pytest
 
+from engine.analysis.plots import BLOCKS, KINDS, MARKERS, Chart, Series, render_text, write_figure
 from engine.errors import BadInput
-from engine.plots import BLOCKS, KINDS, MARKERS, Chart, Series, render_text, write_figure
 
 SIZES = [(40, 10), (80, 20), (120, 30), (60, 7), (25, 5), (30, 3), (12, 1)]
 
@@ -233,6 +233,6 @@ def test_unknown_kind_and_mismatched_lengths_are_bad_input():
 
 def test_importing_plots_loads_no_matplotlib_or_heavy_package():
     heavy = ("matplotlib", "torch", "timm", "sklearn", "textual")
-    code = f"import sys, engine.plots; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    code = f"import sys, engine.analysis.plots; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert loaded == "", f"importing engine.plots loads {loaded}"
+    assert loaded == "", f"importing engine.analysis.plots loads {loaded}"

@@ -546,18 +546,21 @@ def compare(
     as_json: JsonOption = False,
 ) -> None:
     """Pivot of the history: mean +- std over seeds, deltas against a baseline, Welch's t-test."""
-    from engine import compare as analysis
+    from engine.analysis.charts import CHARTS, build_chart
+    from engine.analysis.export import FORMATS, render
+    from engine.analysis.metrics import check_choice
+    from engine.analysis.pivot import build_pivot
+    from engine.analysis.plots import FIGURE_SUFFIXES
     from engine.config import convert_value, parse_assignments
     from engine.history import filter_runs, parse_filters
-    from engine.plots import FIGURE_SUFFIXES
     from engine.presets import preset_paths
     from engine.store import Store
 
     # Every option is checked before the history is read, so a typo is named as such.
     output_format = "json" if as_json else output_format
-    analysis.check_choice(output_format, analysis.FORMATS, "format")
+    check_choice(output_format, FORMATS, "format")
     if chart is not None:
-        analysis.check_choice(chart, analysis.CHARTS, "chart")
+        check_choice(chart, CHARTS, "chart")
     if plot is not None and plot.suffix.lower() not in FIGURE_SUFFIXES:  # refused before any output
         raise BadInput(f"--plot writes {' or '.join(FIGURE_SUFFIXES)} files, got {plot.name!r}")
     row_names, col_names = _names(rows, "--rows"), _names(cols, "--cols")
@@ -573,15 +576,15 @@ def compare(
     if not runs and filters:
         described = " ".join(f"{key}={value}" for key, value in filters.items())
         raise NotFound(f"no run in the history matches {described}")
-    pivot = analysis.build_pivot(runs, rows=row_names, cols=col_names, metric=metric, baseline=baseline_cell)
-    figure = analysis.build_chart(chart or "budget", runs, metric) if (chart or plot) else None
-    typer.echo(analysis.render(pivot, output_format), nl=False)  # an unknown format is refused here
+    pivot = build_pivot(runs, rows=row_names, cols=col_names, metric=metric, baseline=baseline_cell)
+    figure = build_chart(chart or "budget", runs, metric) if (chart or plot) else None
+    typer.echo(render(pivot, output_format), nl=False)  # an unknown format is refused here
     if figure is not None and plot is not None:
-        from engine.plots import write_figure
+        from engine.analysis.plots import write_figure
 
         typer.echo(f"wrote {write_figure(figure, plot)}", err=True)
     elif figure is not None and output_format == "table":
-        from engine.plots import render_text
+        from engine.analysis.plots import render_text
 
         width = min(shutil.get_terminal_size((100, 30)).columns, 120)
         typer.echo("\n" + render_text(figure, width=width, height=max(12, width // 4)))

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from bench_store import SUMMARY, median_time
 
-from engine.compare import build_pivot, render
+from engine.analysis.export import render
+from engine.analysis.pivot import build_pivot
 from engine.config import RunConfig
 from engine.records import new_record
 from engine.store import Store

@@ -1,6 +1,6 @@
 """Compare screen: the pivot of finished runs (sampler x augmentation x budget, mean ± std
 over seeds, delta against the baseline) for a chosen metric, with text plots of the metric
-against budget and of the learning curves. Built by engine.compare in a thread worker.
+against budget and of the learning curves. Built by engine.analysis in a thread worker.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import DataTable, Select, Static
 
-from engine.compare import (DEFAULT_METRIC, METRICS, Pivot, budget_chart, build_pivot, finished_runs,
-                            learning_curve_chart)
+from engine.analysis.charts import budget_chart, learning_curve_chart
+from engine.analysis.metrics import DEFAULT_METRIC, METRICS, finished_runs
+from engine.analysis.pivot import Pivot, build_pivot
+from engine.analysis.plots import Chart
 from engine.errors import NotFound
 from engine.history import filter_runs
-from engine.plots import Chart
 from tui_app.screens.base import AppScreen, LatestOnly, Snapshot
 from tui_app.widgets.chart_view import ChartView
 from tui_app.widgets.filter_bar import FilterBar

@@ -23,10 +23,10 @@ from textual.widget import Widget
 from textual.widgets import Static
 from textual.worker import Worker
 
+from engine.analysis.plots import Chart, Series
 from engine.config import RunConfig
 from engine.history import load_metrics
 from engine.paths import LOG_NAME, TRACEBACK_NAME, run_dir
-from engine.plots import Chart, Series
 from engine.queue import FINISHED, INTERRUPTED, QUEUED, RETRYABLE, RUNNING
 from tui_app.cli import format_summary
 from tui_app.screens.base import AppScreen, LatestOnly, Snapshot

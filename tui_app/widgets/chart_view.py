@@ -1,4 +1,4 @@
-"""ChartView: an engine.plots Chart drawn as text to fit the space the layout gives it."""
+"""ChartView: an engine.analysis.plots Chart drawn as text to fit the space the layout gives it."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from rich.text import Text
 from textual import events
 from textual.widget import Widget
 
-from engine.plots import Chart, render_text
+from engine.analysis.plots import Chart, render_text
 
 
 class ChartView(Widget):
-    """Redraws its chart with engine.plots.render_text whenever its size changes."""
+    """Redraws its chart with engine.analysis.plots.render_text whenever its size changes."""
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)

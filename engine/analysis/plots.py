@@ -1,4 +1,4 @@
-"""Charts for `compare`: one Chart description, drawn as terminal text or written as PNG/SVG.
+"""Charts: one Chart description, drawn as terminal text or written as PNG/SVG.
 
 Owns the text layout (braille lines, markers, bars, ticks, legend) and the matplotlib figures.
 Must not import torch, timm, sklearn or textual; matplotlib is imported only inside
