@@ -24,6 +24,7 @@ except ImportError:
 
 from engine.errors import BadInput, BudgetTuiError, NotFound, explain, one_line
 from engine.paths import DATA_ENV, HOME_ENV, history_path, resolve_data_root, resolve_home
+from tui_app.formatting import duration, format_summary, percent, rate
 
 
 TRACEBACK_ENV = "BUDGET_TUI_TRACEBACK"  # set to 1 to see where an unexpected error came from
@@ -218,22 +219,6 @@ def run(
         print_json(results)
 
 
-def format_summary(run_id: int, summary: dict[str, Any]) -> str:
-    lines = [
-        f"run {run_id}: final test acc {summary['final_test_acc']:.2%} "
-        f"(best epoch {summary['best_test_epoch']}: {summary['best_test_acc']:.2%}, chosen on test)",
-        f"  {summary['steps']} steps, {summary['samples_backprop']:,} samples backpropagated, "
-        f"{summary['samples_forwarded']:,} forwarded, {summary['flops_train'] / 1e12:.3f} TFLOP, "
-        f"{summary['budget_used']:.0%} of the nominal steps",
-        f"  time: train {summary['time_train_s']:.1f}s, eval {summary['time_eval_s']:.1f}s, "
-        f"overhead {summary['time_overhead_s']:.1f}s; {summary['images_per_s']:,.0f} images/s",
-    ]
-    if "test_acc_at_best_val" in summary:
-        lines.insert(1, f"  test acc at best validation epoch {summary['best_val_epoch']}: "
-                        f"{summary['test_acc_at_best_val']:.2%}")
-    return "\n".join(lines)
-
-
 # --- history
 @history_app.command("ls")
 def history_ls(
@@ -254,7 +239,7 @@ def history_ls(
     for record in runs:
         config = record.get("config", {})
         summary = record.get("summary") or {}
-        accuracy = f"{summary['final_test_acc']:.2%}" if "final_test_acc" in summary else "-"
+        accuracy = percent(summary.get("final_test_acc"), 2)
         typer.echo(
             f"{record['id']:>5}  {record.get('state', '?'):<11} {record.get('preset', ''):<16} "
             f"{config.get('dataset', ''):<10} {config.get('sampler', ''):<13} "
@@ -361,22 +346,13 @@ def queue_ls(
         config, progress = record.get("config", {}), record["progress"]
         done = f"{progress.get('step', 0) / progress['steps']:.0%}" if progress.get("steps") else "-"
         summary = record.get("summary") or {}
-        latest = progress.get("test_acc", summary.get("final_test_acc"))
-        accuracy = f"{latest:.1%}" if latest is not None else "-"
-        rate = f"{progress['images_per_s']:,.0f}" if "images_per_s" in progress else "-"
-        eta = _duration(progress.get("eta_s"))
+        accuracy = percent(progress.get("test_acc", summary.get("final_test_acc")))
+        speed = rate(progress.get("images_per_s"))
+        eta = duration(progress.get("eta_s"))
         typer.echo(f"{record['id']:>5} {display_state(record):<11} {record.get('priority', 0):>4} "
                    f"{record.get('preset', ''):<14.14} {config.get('sampler', ''):<12} "
                    f"{config.get('augmentation', ''):<9} {config.get('budget', 0):>6g} {config.get('seed', 0):>4} "
-                   f"{done:>5} {accuracy:>6} {rate:>7} {eta:>8}")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
+                   f"{done:>5} {accuracy:>6} {speed:>7} {eta:>8}")
 
 
 RunIds = Annotated[list[int], typer.Argument(help="Run ids.")]

@@ -24,7 +24,8 @@ from engine.history import filter_runs, load_metrics
 from engine.queue import FINISHED
 from tui_app.screens.base import AppScreen, LatestOnly, Snapshot
 from tui_app.screens.run_detail import RunDetailScreen
-from tui_app.widgets.cells import ago, percent, sparkline, state_text
+from tui_app.formatting import percent
+from tui_app.widgets.cells import ago, sparkline, state_text
 from tui_app.widgets.filter_bar import FilterBar
 from tui_app.widgets.run_table import Cells, Column, RunTable
 

@@ -16,7 +16,8 @@ from engine.queue import INTERRUPTED, QUEUED, RUNNING, queue_order, set_priority
 from engine.slurm import display_state
 from tui_app.screens.base import AppScreen, Snapshot
 from tui_app.screens.run_detail import RunDetailScreen
-from tui_app.widgets.cells import duration, percent, progress_bar, rate, remaining_seconds, state_text
+from tui_app.formatting import duration, percent, rate
+from tui_app.widgets.cells import progress_bar, remaining_seconds, state_text
 from tui_app.widgets.run_table import Cells, Column, RunTable
 
 COLUMNS = (

@@ -28,9 +28,9 @@ from engine.config import RunConfig
 from engine.history import load_metrics
 from engine.paths import LOG_NAME, TRACEBACK_NAME, run_dir
 from engine.queue import FINISHED, INTERRUPTED, QUEUED, RETRYABLE, RUNNING
-from tui_app.cli import format_summary
+from tui_app.formatting import duration, format_summary, percent, rate
 from tui_app.screens.base import AppScreen, LatestOnly, Snapshot
-from tui_app.widgets.cells import ago, duration, percent, progress_bar, rate, remaining_seconds, sparkline, state_text
+from tui_app.widgets.cells import ago, progress_bar, remaining_seconds, sparkline, state_text
 from tui_app.widgets.chart_view import ChartView
 
 LOG_LINES = 15

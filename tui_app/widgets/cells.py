@@ -1,5 +1,5 @@
 """Small text renderings shared by the tables and the run detail: progress bars,
-sparklines, accuracies, durations, "ago" times and coloured run states.
+sparklines, "ago" times and coloured run states (plain numbers: tui_app.formatting).
 
 Pure functions of their arguments (the clock is passed in), so screens render the same
 text in snapshots. Must not import torch.
@@ -54,23 +54,6 @@ def progress_bar(done: int, total: int, width: int) -> Text:
     text.append("░" * (cells - len(bar)), style="dim")
     text.append(" " + label)
     return text
-
-
-def percent(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}%}"
-
-
-def rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def duration(seconds: float | None) -> str:
-    """h:mm:ss, or "-" when unknown."""
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(max(seconds, 0)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def parse_time(stamp: str | None) -> dt.datetime | None:
