@@ -15,8 +15,7 @@ from engine.config import RunConfig
 from engine.errors import BadInput, NotFound
 from engine.paths import RESULT_NAMES
 from engine.processes import STOP_GRACE_S, is_alive, is_remote, terminate_group
-from engine.records import (FINISHED, RETRYABLE, RunState, TransitionRefused, can_change, change_state,
-                            new_record, now)
+from engine.records import FINISHED, RETRYABLE, RunState, can_change, change_state, new_record, now
 from engine.slurm import cancel_job, job_of
 from engine.store import Store
 
@@ -46,18 +45,6 @@ def claim_next(store: Store, worker: dict[str, Any]) -> dict[str, Any] | None:
         return {**chosen, **fields, "id": chosen.doc_id}
 
 
-def record_start(store: Store, run_id: int, process: dict[str, Any], **fields: Any) -> None:
-    """Name the process that trains a claimed run. TransitionRefused if the run stopped
-    being running meanwhile (cancelled while its process started): it must not train."""
-    with store.transaction() as table:
-        record = table.get(doc_id=run_id)
-        if record is None:
-            raise NotFound(f"no run with id {run_id} in {store.path}")
-        if record.get("state") != RunState.RUNNING:
-            raise TransitionRefused(f"run {run_id} is {record.get('state')}, not started")
-        table.update({**fields, "process": process}, doc_ids=[run_id])
-
-
 def adopt_orphans(store: Store, worker: dict[str, Any], limit: int,
                   followable: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
     """Atomically make `worker` the worker of up to `limit` running runs whose worker is
@@ -74,16 +61,6 @@ def adopt_orphans(store: Store, worker: dict[str, Any], limit: int,
                 table.update({"worker": worker}, doc_ids=[record.doc_id])
                 adopted.append({**record, "worker": worker, "id": record.doc_id})
     return adopted
-
-
-def finish_if_running(store: Store, run_id: int, state: RunState, **fields: Any) -> bool:
-    """Move a run out of `running` unless something else (a cancel) already did."""
-    with store.transaction() as table:
-        record = table.get(doc_id=run_id)
-        if record is None or record.get("state") != RunState.RUNNING:
-            return False
-        table.update(change_state(record, state, finished_at=now(), **fields), doc_ids=[run_id])
-        return True
 
 
 def cancel(store: Store, run_ids: list[int], grace_s: float = STOP_GRACE_S) -> dict[int, str]:

@@ -17,10 +17,10 @@ from typing import Any, Callable
 
 from engine.atomic import write_atomic
 from engine.config import RunConfig
-from engine.errors import BadInput, BudgetTuiError
+from engine.errors import BadInput, BudgetTuiError, NotFound
 from engine.paths import PROGRESS_NAME, TRACEBACK_NAME, run_dir
 from engine.processes import process_identity
-from engine.records import RunState
+from engine.records import RunState, TransitionRefused, change_state, now
 from engine.store import Store, storage_error
 
 PROGRESS_MIN_INTERVAL_S = 1.0  # progress.json rewrites per run, at most this often
@@ -47,8 +47,6 @@ def execute_run(
     and is re-raised; an interrupt (Ctrl-C, SIGTERM from a worker) marks it interrupted --
     it resumes from its last checkpoint. A cancel recorded meanwhile is never overwritten.
     """
-    from engine.queue import finish_if_running, record_start
-
     folder = run_dir(home, run_id)
     record_start(store, run_id, process_identity(os.getpid()), run_dir=str(folder))
     try:
@@ -77,6 +75,28 @@ def execute_run(
     finish_if_running(store, run_id, RunState.DONE, summary=compact_summary(summary),
                       outcome={"exit_code": 0, "message": "ok"})
     return summary
+
+
+def record_start(store: Store, run_id: int, process: dict[str, Any], **fields: Any) -> None:
+    """Name the process that trains a claimed run. TransitionRefused if the run stopped
+    being running meanwhile (cancelled while its process started): it must not train."""
+    with store.transaction() as table:
+        record = table.get(doc_id=run_id)
+        if record is None:
+            raise NotFound(f"no run with id {run_id} in {store.path}")
+        if record.get("state") != RunState.RUNNING:
+            raise TransitionRefused(f"run {run_id} is {record.get('state')}, not started")
+        table.update({**fields, "process": process}, doc_ids=[run_id])
+
+
+def finish_if_running(store: Store, run_id: int, state: RunState, **fields: Any) -> bool:
+    """Move a run out of `running` unless something else (a cancel) already did."""
+    with store.transaction() as table:
+        record = table.get(doc_id=run_id)
+        if record is None or record.get("state") != RunState.RUNNING:
+            return False
+        table.update(change_state(record, state, finished_at=now(), **fields), doc_ids=[run_id])
+        return True
 
 
 def prepare_run_folder(folder: Path, config: RunConfig) -> None:
@@ -186,6 +206,17 @@ def read_progress(record: dict[str, Any]) -> dict[str, Any]:
         return json.loads((Path(folder) / PROGRESS_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+def last_error_line(log: Path) -> str:
+    """The last line a run process wrote (its one-line error, if it printed one)."""
+    try:
+        with open(log, "rb") as file:
+            file.seek(max(0, os.fstat(file.fileno()).st_size - 4096))
+            lines = file.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip() and not line.startswith("--- ")), "")
 
 
 def write_json_atomic(path: Path, value: Any, *, sync: bool = True) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Callable
 from engine.errors import BadInput, BudgetTuiError
 from engine.paths import LOG_NAME, history_path, run_dir
 from engine.records import RunState, now
+from engine.runs import last_error_line
 from engine.store import Store
 
 SETTINGS_NAME = "slurm.toml"  # <home>/slurm.toml: the job settings of this home
@@ -386,8 +387,6 @@ class SlurmRun:
             last = [line for line in str(result[1]).strip().splitlines() if line.strip()]
             return RunState.FAILED, {"exit_code": None, "message": f"{job} failed: {last[-1] if last else '?'}"}
         if result is not None and result[1] not in (0, None):
-            from engine.worker import last_error_line
-
             said = last_error_line(run_dir(self.executor.home, self.run_id) / LOG_NAME)
             return RunState.FAILED, {"exit_code": result[1],
                                      "message": f"{job}: run process exited with code {result[1]}"

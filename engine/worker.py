@@ -4,11 +4,13 @@ How a claimed run is executed is the small Executor interface: local child proce
 here, Slurm jobs in engine.slurm; another scheduler is one more executor, with no change to
 the queue or the store.
 A worker registers itself in <home>/workers/<pid>.json; on start it reconciles runs whose
-process is gone. Must not import torch.
+process is gone. `python -m engine.worker` runs one (the CLI's `worker` takes the same
+options). Must not import torch.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -19,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine import processes, queue
-from engine.errors import BadInput, BudgetTuiError
-from engine.paths import LOG_NAME, history_path, run_dir
+from engine import processes, queue, slurm
+from engine.errors import BadInput, BudgetTuiError, explain
+from engine.paths import LOG_NAME, history_path, resolve_home, run_dir
 from engine.processes import STOP_GRACE_S
 from engine.records import RunState, now
-from engine.runs import write_json_atomic
+from engine.runs import finish_if_running, last_error_line, write_json_atomic
 from engine.store import Store, storage_error
 
 WORKERS_DIR = "workers"
@@ -210,21 +212,10 @@ class Worker:
         """Record a run's end unless it recorded it itself. If the history cannot be written
         either (full disk), say so and keep serving: the run is found stale later."""
         try:
-            queue.finish_if_running(self.store, run_id, state, outcome=outcome)
+            finish_if_running(self.store, run_id, state, outcome=outcome)
         except BudgetTuiError as error:
             print(f"error: run {run_id} ended ({outcome['message']}) but was not recorded: {error}",
                   file=sys.stderr, flush=True)
-
-
-def last_error_line(log: Path) -> str:
-    """The last line a run process wrote (its one-line error, if it printed one)."""
-    try:
-        with open(log, "rb") as file:
-            file.seek(max(0, os.fstat(file.fileno()).st_size - 4096))
-            lines = file.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return ""
-    return next((line.strip() for line in reversed(lines) if line.strip() and not line.startswith("--- ")), "")
 
 
 def worker_identity() -> dict[str, Any]:
@@ -277,21 +268,10 @@ def parse_gpus(text: str | None) -> list[Slot]:
     return [Slot(gpu) for gpu in gpus]
 
 
-def start_detached_worker(
-    home: Path,
-    *,
-    gpus: str | None = None,
-    once: bool = False,
-    auto_resume: bool = False,
-    data_root: Path | None = None,
-    executor_options: list[str] | None = None,
-) -> tuple[int, Path]:
-    """Start `budget-tui worker` in a new session, so it outlives the terminal (SSH logout);
-    its output goes to <home>/worker.log. Returns (pid, log path)."""
-    command = [sys.executable, "-m", "tui_app.cli", "worker", "--home", str(home), *(executor_options or [])]
-    command += ["--gpus", gpus] if gpus is not None else []
-    command += ["--once"] * once + ["--auto-resume"] * auto_resume
-    command += ["--data-root", str(data_root)] if data_root is not None else []
+def start_detached_worker(home: Path, options: WorkerOptions | None = None) -> tuple[int, Path]:
+    """Start `python -m engine.worker` in a new session, so it outlives the terminal (SSH
+    logout); its output goes to <home>/worker.log. Returns (pid, log path)."""
+    command = [sys.executable, "-m", "engine.worker", f"--home={home}", *(options or WorkerOptions()).arguments()]
     log_path = home / "worker.log"
     try:
         home.mkdir(parents=True, exist_ok=True)
@@ -311,3 +291,99 @@ def stop_workers(home: Path, grace_s: float = STOP_GRACE_S + 5) -> list[int]:
     while time.monotonic() < deadline and any(processes.is_alive(info) for info in workers):
         time.sleep(0.1)
     return [info["pid"] for info in workers]
+
+
+# --- the worker's options, shared by `budget-tui worker` and `python -m engine.worker`
+SLURM_OPTIONS: dict[str, type] = {  # Slurm job settings (engine.slurm.SlurmSettings) as options
+    "partition": str, "time": int, "cpus": int, "gpus_per_run": int, "mem": str, "account": str,
+    "sbatch": list, "max_jobs": int,
+}
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker runs: where its runs execute and when it stops."""
+
+    gpus: str | None = None  # local slots, see parse_gpus
+    once: bool = False  # drain the queue, then exit
+    auto_resume: bool = False  # queue interrupted runs again on start
+    executor: str = "local"  # local (child processes) or slurm (one job per run)
+    slurm: dict[str, Any] = field(default_factory=dict)  # SLURM_OPTIONS given; None or absent: not given
+    data_root: Path | None = None  # None: the child's default (env, then <home>/data)
+
+    def given_slurm_options(self) -> dict[str, Any]:
+        return {name: value for name, value in self.slurm.items() if value is not None}
+
+    def arguments(self) -> list[str]:
+        """The options on a command line, as `python -m engine.worker` parses them back."""
+        arguments = [f"--executor={self.executor}"]
+        for name, value in self.given_slurm_options().items():
+            values = value if isinstance(value, list) else [value]
+            arguments += [f"--{name.replace('_', '-')}={item}" for item in values]
+        arguments += [f"--gpus={self.gpus}"] if self.gpus is not None else []
+        arguments += ["--once"] * self.once + ["--auto-resume"] * self.auto_resume
+        return arguments + ([f"--data-root={self.data_root}"] if self.data_root is not None else [])
+
+
+def build_executor(home: Path, options: WorkerOptions) -> tuple[list[Slot], Executor]:
+    """The slots and the executor the options ask for; BadInput for options that do not go
+    together, and (slurm) when Slurm is not there to take jobs."""
+    if options.executor == "slurm":
+        if options.gpus is not None:
+            raise BadInput("--gpus picks this machine's GPUs; with --executor slurm use --gpus-per-run")
+        settings = slurm.SlurmSettings.load(home, options.slurm)
+        slurm.check_available()
+        return [Slot(None, job=index) for index in range(1, settings.max_jobs + 1)], \
+            slurm.SlurmExecutor(home, settings, options.data_root)
+    if options.executor == "local":
+        given = [f"--{name.replace('_', '-')}" for name in options.given_slurm_options()]
+        if given:
+            raise BadInput(f"{given[0]} is a Slurm job setting: add --executor slurm")
+        return parse_gpus(options.gpus), LocalExecutor(home, options.data_root)
+    raise BadInput(f"--executor takes local or slurm, got {options.executor!r}")
+
+
+def prepare_worker(home: Path, options: WorkerOptions) -> Worker:
+    """A worker ready to run, every option checked; the history is read first, so a
+    corrupted one is reported now rather than from the background."""
+    Store(history_path(home)).list_runs()
+    slots, executor = build_executor(home, options)
+    return Worker(home, slots, executor, once=options.once, auto_resume=options.auto_resume)
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple[Path, WorkerOptions]:
+    parser = argparse.ArgumentParser(prog="python -m engine.worker",
+                                     description="Execute queued runs (what `budget-tui worker` runs).")
+    parser.add_argument("--home", type=Path, default=None, help="history and run folders (default: as budget-tui)")
+    parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--gpus", default=None, help="one slot per GPU, e.g. 0,1; cpu for a CPU slot")
+    parser.add_argument("--once", action="store_true", help="drain the queue, then exit")
+    parser.add_argument("--auto-resume", action="store_true", help="queue interrupted runs again on start")
+    parser.add_argument("--executor", default="local", help="local or slurm")
+    for name, kind in SLURM_OPTIONS.items():
+        flag = f"--{name.replace('_', '-')}"
+        if kind is list:
+            parser.add_argument(flag, action="append", default=None, help="a Slurm job setting (repeatable)")
+        else:
+            parser.add_argument(flag, type=kind, default=None, help="a Slurm job setting")
+    arguments = parser.parse_args(argv)
+    return resolve_home(arguments.home), WorkerOptions(
+        gpus=arguments.gpus, once=arguments.once, auto_resume=arguments.auto_resume, executor=arguments.executor,
+        slurm={name: getattr(arguments, name) for name in SLURM_OPTIONS}, data_root=arguments.data_root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.worker [options]`: a worker in the foreground, without the CLI (a
+    detached worker runs this). An error is one line on stderr and the CLI's exit code."""
+    home, options = parse_arguments(argv)
+    try:
+        prepare_worker(home, options).run()
+    except Exception as error:
+        message, exit_code = explain(error)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

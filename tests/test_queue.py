@@ -8,12 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
 from engine import processes, queue
 from engine.config import RunConfig
 from engine.store import Store
+from engine.worker import WorkerOptions, parse_arguments
 from tui_app.cli import app
 
 runner = CliRunner()
@@ -200,12 +202,36 @@ def test_detached_worker_outlives_its_terminal_and_runs_the_queue(tmp_path):
     workers = wait_for(lambda: json.loads(cli("worker", "status", "--home", str(home), "--json").stdout), 30,
                        what="the detached worker to register")
     pid = workers[0]["pid"]
+    assert psutil.Process(pid).cmdline()[1:3] == ["-m", "engine.worker"]  # the engine's entry point, not the CLI
     assert os.getsid(pid) != os.getsid(0)
     assert (home / "worker.log").exists()
     run_id = queue.enqueue(store_of(home), "test", [QUICK])[0]
     wait_for(lambda: store_of(home).get_run(run_id)["state"] == "done", 180, what="the run to finish")
     assert "stopped 1 worker" in cli("worker", "stop", "--home", str(home)).stdout
     wait_for(lambda: not processes.is_alive(workers[0]), 30, what="the worker to exit")
+
+
+def test_worker_options_survive_the_detached_command_line(tmp_path):
+    """What `budget-tui worker --detach` asks for is what the detached `python -m engine.worker` gets."""
+    slurm = {"partition": "gpu", "time": 30, "cpus": None, "gpus_per_run": 1, "mem": "8G", "account": None,
+             "sbatch": ["--qos=high", "--exclusive"], "max_jobs": 3}
+    for options in (WorkerOptions(), WorkerOptions(gpus="", once=True, data_root=tmp_path / "a data root"),
+                    WorkerOptions(executor="slurm", auto_resume=True, slurm=slurm)):
+        home, parsed = parse_arguments([f"--home={tmp_path}", *options.arguments()])
+        assert home == tmp_path
+        assert parsed == WorkerOptions(**{**options.__dict__, "slurm": {**dict.fromkeys(slurm), **options.slurm}})
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--executor", "nope"], "--executor takes local or slurm"),
+    (["--partition=gpu"], "--partition is a Slurm job setting"),
+    (["--gpus", "0,0"], "--gpus takes distinct GPU numbers"),
+])
+def test_the_worker_entry_point_refuses_bad_options_in_one_line(tmp_path, arguments, message):
+    done = subprocess.run([sys.executable, "-m", "engine.worker", "--home", str(tmp_path), *arguments],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and message in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1
 
 
 def test_retry_resumes_by_default_and_fresh_starts_over(tmp_path):

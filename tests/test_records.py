@@ -19,7 +19,7 @@ from engine.config import RunConfig
 from engine.errors import BadInput
 from engine.paths import CHECKPOINT_NAME, METRICS_NAME
 from engine.records import TRANSITIONS, RunState, TransitionRefused, change_state, new_record
-from engine.runs import CONFIG_NAME, execute_run
+from engine.runs import CONFIG_NAME, execute_run, finish_if_running, record_start
 from engine.store import Store
 from tui_app.cli import app
 
@@ -120,7 +120,7 @@ def test_auto_resume_queues_runs_interrupted_before_the_worker_started(tmp_path)
     first, second = queue.enqueue(store, "p", [QUICK, QUICK])
     for run_id in (first, second):
         queue.claim_next(store, processes.process_identity(os.getpid()))
-        queue.finish_if_running(store, run_id, RunState.INTERRUPTED, outcome={"exit_code": 130, "message": "x"})
+        finish_if_running(store, run_id, RunState.INTERRUPTED, outcome={"exit_code": 130, "message": "x"})
     assert queue.reconcile(store) == []  # nothing stale: a plain start changes nothing
     assert queue.reconcile(store, resume=True) == [first, second]
     assert [(run["state"], run["attempts"]) for run in store.list_runs()] == [("queued", 2), ("queued", 2)]
@@ -140,7 +140,7 @@ def test_a_run_of_another_host_is_cancelled_without_signalling_anything_here(tmp
     (run_id,) = queue.enqueue(store, "p", [QUICK])
     queue.claim_next(store, {"pid": 1, "host": OTHER_HOST})
     remote = {**processes.process_identity(bystander.pid), "host": OTHER_HOST}
-    queue.record_start(store, run_id, remote)
+    record_start(store, run_id, remote)
     outcome = queue.cancel(store, [run_id], grace_s=1)
     assert "not signalled" in outcome[run_id] and OTHER_HOST in outcome[run_id]
     assert store.get_run(run_id)["state"] == "cancelled"

@@ -25,7 +25,7 @@ from engine.paths import history_path
 from engine.queue import RUNNING, is_stale, reconcile
 from engine.runs import read_progress
 from engine.store import HistoryCache, Store
-from engine.worker import live_workers, start_detached_worker, stop_workers
+from engine.worker import WorkerOptions, live_workers, start_detached_worker, stop_workers
 from tui_app.screens.base import AppScreen, LatestOnly, Snapshot
 from tui_app.screens.compare import CompareScreen
 from tui_app.screens.help import HelpScreen
@@ -194,7 +194,7 @@ class BudgetTuiApp(App[None]):
             running = live_workers(home)
             if running:
                 return f"a worker is already running (pid {', '.join(str(info['pid']) for info in running)})"
-            pid, log = start_detached_worker(home, data_root=data_root)
+            pid, log = start_detached_worker(home, WorkerOptions(data_root=data_root))
             return f"worker started: pid {pid}, log {log}"
 
         self.perform(start)

@@ -435,46 +435,19 @@ def worker(
     --executor slurm, each as a Slurm job (settings also in <home>/slurm.toml)."""
     if context.invoked_subcommand is not None:
         return
-    from engine.worker import LocalExecutor, Slot, Worker, parse_gpus
+    from engine.worker import WorkerOptions, prepare_worker, start_detached_worker
 
     home_dir = resolve_home(home)
-    _store(home_dir).list_runs()  # a corrupted history is reported now, not in the background
-    slurm_options = {"partition": partition, "time": time_limit, "cpus": cpus, "gpus_per_run": gpus_per_run,
-                     "mem": mem, "account": account, "sbatch": sbatch or None, "max_jobs": max_jobs}
-    if executor == "slurm":
-        from engine import slurm
-
-        if gpus is not None:
-            raise BadInput("--gpus picks this machine's GPUs; with --executor slurm use --gpus-per-run")
-        settings = slurm.SlurmSettings.load(home_dir, slurm_options)
-        slurm.check_available()
-        slots = [Slot(None, job=index) for index in range(1, settings.max_jobs + 1)]
-        chosen: Any = slurm.SlurmExecutor(home_dir, settings, data_root)
-    elif executor == "local":
-        given = [f"--{name.replace('_', '-')}" for name, value in slurm_options.items() if value is not None]
-        if given:
-            raise BadInput(f"{given[0]} is a Slurm job setting: add --executor slurm")
-        slots = parse_gpus(gpus)
-        chosen = LocalExecutor(home_dir, data_root)
-    else:
-        raise BadInput(f"--executor takes local or slurm, got {executor!r}")
+    options = WorkerOptions(gpus=gpus, once=once, auto_resume=auto_resume, executor=executor, data_root=data_root,
+                            slurm={"partition": partition, "time": time_limit, "cpus": cpus,
+                                   "gpus_per_run": gpus_per_run, "mem": mem, "account": account,
+                                   "sbatch": sbatch or None, "max_jobs": max_jobs})
+    prepared = prepare_worker(home_dir, options)  # every option checked, here and now, before anything starts
     if detach:
-        from engine.worker import start_detached_worker
-
-        pid, log = start_detached_worker(home_dir, gpus=gpus, once=once, auto_resume=auto_resume, data_root=data_root,
-                                         executor_options=_executor_arguments(executor, slurm_options))
+        pid, log = start_detached_worker(home_dir, options)
         typer.echo(f"worker started in the background: pid {pid}, log {log}")
         return
-    Worker(home_dir, slots, chosen, once=once, auto_resume=auto_resume).run()
-
-
-def _executor_arguments(executor: str, options: dict[str, Any]) -> list[str]:
-    """The command-line form of the executor options, for a detached worker."""
-    arguments = ["--executor", executor]
-    for name, value in options.items():
-        for item in (value if isinstance(value, list) else [value] if value is not None else []):
-            arguments.append(f"--{name.replace('_', '-')}={item}")
-    return arguments
+    prepared.run()
 
 
 @worker_app.command("status")
