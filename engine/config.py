@@ -2,7 +2,7 @@
 
 The names of datasets, samplers and augmentations live here as plain tuples so the CLI
 and the TUI can validate input without importing torch; the engine's registries are
-tested to match them. Must not import torch, timm or sklearn.
+tested to match them. Must not import torch or timm.
 """
 
 from __future__ import annotations

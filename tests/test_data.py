@@ -1,7 +1,10 @@
 """Tests of engine.train.data: readers on tiny files in the real formats, the image cache, splits."""
 
+import hashlib
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +83,36 @@ def test_digits_split_sizes_values_and_seeding():
     assert torch.equal(again.test_images, splits.test_images) and torch.equal(again.test_labels, splits.test_labels)
     other = load_dataset("digits", Path("unused"), split_seed=1)
     assert not torch.equal(other.test_images, splits.test_images)
+
+
+# SHA-256 of (train images, train labels, test images, test labels) per split seed, computed
+# once with the loader that read sklearn.datasets.load_digits() (scikit-learn 1.9.1), before
+# the digits moved into engine/train/digits.npz: every seeded digits result stays the same.
+DIGITS_SHA256 = {
+    0: ("828d76af64c0638d08ee7862d9877884b3c9ded4300c425dda1fda8385f05923",
+        "37ff88245edd9a567c90b2d302c56e55a6d6d89af10ee6977055a357f0558373",
+        "c1f4ab5c0fdba70c879fbe3686158d0350f84602da43a9552eba9e71bb99c198",
+        "08619f706911b413829ef5066155213df8c879294dc1979c9c3813d5f57ba451"),
+    1: ("da52e3f572df650b7f862f1f67099ed0672d248d7ff26e2684f4ded60836fb7f",
+        "dd3599c45a760de4bba697b23a034e52d09e3dd4658f00f882e14b8a6e9a5b25",
+        "b2ccd839fb8547fdc4fd702af10412190b93e7a2bc3840b338e588dd58364533",
+        "76b3917841c4a091f4bac62d6b8df0e45e211fd6a929702daa5404cc2d4c8bb8"),
+}
+
+
+@pytest.mark.parametrize("split_seed", sorted(DIGITS_SHA256))
+def test_shipped_digits_give_the_splits_scikit_learn_gave(split_seed):
+    splits = load_dataset("digits", Path("unused"), split_seed=split_seed)
+    tensors = (splits.train_images, splits.train_labels, splits.test_images, splits.test_labels)
+    assert tuple(hashlib.sha256(tensor.numpy().tobytes()).hexdigest() for tensor in tensors) == \
+        DIGITS_SHA256[split_seed]
+
+
+def test_importing_the_digits_loads_no_scikit_learn():
+    code = ("import sys; from pathlib import Path; from engine.train.data import load_dataset; "
+            "load_dataset('digits', Path('unused')); print('sklearn' in sys.modules)")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "False"
 
 
 # --- CIFAR and SVHN readers -----------------------------------------------------------------

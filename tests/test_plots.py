@@ -232,7 +232,7 @@ def test_unknown_kind_and_mismatched_lengths_are_bad_input():
 
 
 def test_importing_plots_loads_no_matplotlib_or_heavy_package():
-    heavy = ("matplotlib", "torch", "timm", "sklearn", "textual")
+    heavy = ("matplotlib", "torch", "timm", "textual")
     code = f"import sys, engine.analysis.plots; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"importing engine.analysis.plots loads {loaded}"

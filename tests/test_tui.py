@@ -688,7 +688,7 @@ def test_start_and_stop_the_worker_from_the_queue_screen(tmp_path):
 
 
 def test_importing_the_app_loads_no_training_or_plotting_stack():
-    heavy = ("torch", "timm", "sklearn", "scipy", "matplotlib", "numpy")
+    heavy = ("torch", "timm", "scipy", "matplotlib", "numpy")
     code = f"import sys, tui_app.app; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""

@@ -1,8 +1,8 @@
 """Charts: one Chart description, drawn as terminal text or written as PNG/SVG.
 
 Owns the text layout (braille lines, markers, bars, ticks, legend) and the matplotlib figures.
-Must not import torch, timm, sklearn or textual; matplotlib is imported only inside
-write_figure, so the CLI and TUI start fast.
+Must not import torch, timm or textual; matplotlib is imported only inside write_figure,
+so the CLI and TUI start fast.
 """
 
 from __future__ import annotations

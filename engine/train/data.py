@@ -2,8 +2,8 @@
 
 Owns every on-disk format the engine reads (CIFAR pickles, SVHN .mat files, the MNIST
 family's IDX files, class-per-folder image trees and their decoded cache). Holds no training
-logic; the training loop moves the tensors to the device. sklearn, scipy, PIL and
-torchvision are imported only where needed.
+logic; the training loop moves the tensors to the device. scipy, PIL and torchvision are
+imported only where needed.
 """
 
 import dataclasses
@@ -187,13 +187,16 @@ def _splits_from_arrays(
     )
 
 
-def _load_digits(split_seed: int) -> DatasetSplits:
-    from sklearn.datasets import load_digits
+# The 1,797 8x8 digits of UCI's optical recognition of handwritten digits, as scikit-learn
+# ships them (its load_digits), kept in the package: origin and licence in digits_LICENSE.txt.
+DIGITS_FILE = Path(__file__).with_name("digits.npz")
 
-    digits = load_digits()
+
+def _load_digits(split_seed: int) -> DatasetSplits:
+    with np.load(DIGITS_FILE) as digits:
+        levels, labels = digits["images"], digits["labels"].astype(np.int64)
     # Pixel values are 0..16; scale to the full uint8 range like every other dataset.
-    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None, :, :]
-    labels = digits.target.astype(np.int64)
+    images = np.rint(levels * (255 / 16)).astype(np.uint8)[:, None, :, :]
     train, test = _stratified_split(labels, _DIGITS_TEST_COUNT, split_seed)
     return _splits_from_arrays(
         "digits", (images[train], labels[train]), (images[test], labels[test]), num_classes=10, flip=False
