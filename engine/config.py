@@ -70,7 +70,7 @@ class RunConfig:
     augmentation: str = "standard"
     crop_padding: int = 4  # pixels of zero padding for the random crop
     fidelity: str = "corrected"  # corrected | faithful (reproduce the reference code's defects)
-    # --- sampler options (SPEC §3)
+    # --- sampler options (docs/methods.md, Samplers)
     score_smoothing: bool = True  # p-sgd/c-sgd epsilon: P = 0.5*s/sum(s) + 0.5/N
     score_average: str = "mean"  # p-sgd/c-sgd score: mean over all visits | last value
     warmup_epochs: int = 0  # p-sgd/c-sgd: uniform epochs before importance sampling
@@ -80,7 +80,7 @@ class RunConfig:
     ub_tau_momentum: float = 0.9  # EMA momentum of ub's variance-reduction estimate
     infobatch_prune: float = 0.5  # r: share of below-mean-loss samples dropped
     infobatch_final_fraction: float = 0.125  # last epochs on the full data
-    # --- augmentation options (SPEC §4)
+    # --- augmentation options (docs/methods.md, Augmentations)
     mixup_alpha: float = 0.3  # lambda ~ Beta(alpha, alpha), one per batch
     cutmix_alpha: float = 1.0
     ricap_beta: float = 0.3

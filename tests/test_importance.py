@@ -1,4 +1,4 @@
-"""Tests of engine.train.importance: p-sgd, c-sgd and infobatch (SPEC §3)."""
+"""Tests of engine.train.importance: p-sgd, c-sgd and infobatch (docs/methods.md, Samplers)."""
 
 import json
 import math
@@ -59,7 +59,7 @@ def test_probabilities_follow_the_spec_formulas():
     count, total = scores.numel(), scores.sum()
     smoothed = sampling_probabilities(scores, smoothing=True)
     torch.testing.assert_close(smoothed, 0.5 * scores / total + 0.5 / count)
-    # The SPEC's wording of epsilon: add mean(s) to every score, then normalise.
+    # The same smoothing put another way: add mean(s) to every score, then normalise.
     shifted = scores + scores.mean()
     torch.testing.assert_close(smoothed, shifted / shifted.sum())
     torch.testing.assert_close(sampling_probabilities(scores, smoothing=False), scores / total)

@@ -1,4 +1,5 @@
-"""Tests of engine.train.loop: reproducibility, resume, accounting (SPEC §6) and the outputs."""
+"""Tests of engine.train.loop: reproducibility, resume, accounting (docs/methods.md, Compute accounting)
+and the outputs."""
 
 import json
 import math
