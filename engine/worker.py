@@ -268,21 +268,6 @@ def parse_gpus(text: str | None) -> list[Slot]:
     return [Slot(gpu) for gpu in gpus]
 
 
-def start_detached_worker(home: Path, options: WorkerOptions | None = None) -> tuple[int, Path]:
-    """Start `python -m engine.worker` in a new session, so it outlives the terminal (SSH
-    logout); its output goes to <home>/worker.log. Returns (pid, log path)."""
-    command = [sys.executable, "-m", "engine.worker", f"--home={home}", *(options or WorkerOptions()).arguments()]
-    log_path = home / "worker.log"
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
-    except OSError as error:
-        raise storage_error(error, "write the worker log", log_path) from None
-    return process.pid, log_path
-
-
 def stop_workers(home: Path, grace_s: float = STOP_GRACE_S + 5) -> list[int]:
     """SIGTERM every live worker of this host and home and wait for them to exit. Workers
     of other hosts are never signalled (their pids mean nothing here)."""
@@ -351,6 +336,21 @@ def prepare_worker(home: Path, options: WorkerOptions) -> Worker:
     return Worker(home, slots, executor, once=options.once, auto_resume=options.auto_resume)
 
 
+def start_detached_worker(home: Path, options: WorkerOptions | None = None) -> tuple[int, Path]:
+    """Start `python -m engine.worker` in a new session, so it outlives the terminal (SSH
+    logout); its output goes to <home>/worker.log. Returns (pid, log path)."""
+    command = [sys.executable, "-m", "engine.worker", f"--home={home}", *(options or WorkerOptions()).arguments()]
+    log_path = home / "worker.log"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+    except OSError as error:
+        raise storage_error(error, "write the worker log", log_path) from None
+    return process.pid, log_path
+
+
 def parse_arguments(argv: list[str] | None = None) -> tuple[Path, WorkerOptions]:
     parser = argparse.ArgumentParser(prog="python -m engine.worker",
                                      description="Execute queued runs (what `budget-tui worker` runs).")
@@ -386,4 +386,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Run as a script, this file is __main__; no module it imports imports engine.worker back
+    # (tests/test_hygiene.py forbids import cycles), so no second copy of it is ever made.
     sys.exit(main())
