@@ -236,3 +236,26 @@ def test_importing_plots_loads_no_matplotlib_or_heavy_package():
     code = f"import sys, engine.analysis.plots; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"importing engine.analysis.plots loads {loaded}"
+
+
+def test_a_crowded_figure_puts_its_legend_beside_the_axes_and_keeps_series_apart():
+    from engine.analysis.plots import LEGEND_INSIDE_MAX, build_figure
+
+    many = chart(*(Series(f"sampler {index}", [0.2, 1.0], [80.0 + index / 10, 90.0 + index / 10], yerr=[0.1, 0.1])
+                   for index in range(21)))
+    assert len(many.series) > LEGEND_INSIDE_MAX
+    figure = build_figure(many)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)  # the canvas a .png gets
+    canvas.draw()  # lays it out, so the extents below are where the pixels go
+    (axes,) = figure.axes
+    legend = figure.legends[0]
+    renderer = canvas.get_renderer()
+    assert legend.get_window_extent(renderer).x0 >= axes.get_window_extent(renderer).x1  # beside, not over, the lines
+    data_lines = [container.lines[0] for container in axes.containers]  # one errorbar container per series
+    styles = {(line.get_color(), line.get_marker()) for line in data_lines}
+    assert len(styles) == 21  # no two series share both colour and marker
+
+    few = build_figure(chart(*many.series[:2]))
+    assert not few.legends and few.axes[0].get_legend() is not None

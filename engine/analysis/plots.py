@@ -18,7 +18,8 @@ from engine.errors import BadInput
 KINDS = ("line", "scatter", "bar")
 FIGURE_SUFFIXES = (".png", ".svg")
 MARKERS = "●■▲◆✚○□△◇"
-FIGURE_MARKERS = "os^DPpv<>"  # the first five are MARKERS' shapes, so a figure reads like its text chart
+FIGURE_MARKERS = "os^DPpv<>"
+LEGEND_INSIDE_MAX = 8  # a figure with more series puts its legend outside the axes  # the first five are MARKERS' shapes, so a figure reads like its text chart
 COLORS = ("red", "blue", "green", "magenta", "cyan", "yellow", "bright_red", "bright_blue", "bright_green")
 BLOCKS = " ▁▂▃▄▅▆▇█"  # index = eighths of a cell filled from the bottom
 BRAILLE_BITS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # [dot row][dot column] of a cell
@@ -157,13 +158,24 @@ def write_figure(chart: Chart, path: Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in FIGURE_SUFFIXES:
         raise BadInput(f"cannot write a figure to {path.name!r}: use one of the suffixes {', '.join(FIGURE_SUFFIXES)}")
+    figure = build_figure(chart)
+    import matplotlib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context({"svg.hashsalt": "budget-tui"}):  # stable SVG ids instead of random ones
+        figure.savefig(path, metadata={"Date": None})
+    return path
+
+
+def build_figure(chart: Chart):  # -> matplotlib.figure.Figure, not named here to keep matplotlib out of start-up
+    """The matplotlib figure of a chart; beyond LEGEND_INSIDE_MAX series the legend sits beside the axes."""
     points = _drawable_points(chart)
     # Imported here, not at the top: matplotlib would cost the CLI and TUI their fast start.
     # A bare Figure (no pyplot) keeps no global state and picks its canvas from the suffix.
-    import matplotlib
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(8, 5), layout="tight")
+    crowded = len(chart.series) > LEGEND_INSIDE_MAX  # its legend would cover the lines: put it beside them
+    figure = Figure(figsize=(11, 6) if crowded else (8, 5), layout="constrained")
     axes = figure.add_subplot()
     if chart.x_log:
         axes.set_xscale("log")
@@ -173,7 +185,8 @@ def write_figure(chart: Chart, path: Path) -> Path:
             continue
         xs, ys, errors = (list(column) for column in zip(*drawable))
         yerr = errors if series.yerr is not None else None
-        style = {"label": series.legend_label, "color": f"C{index}"}
+        # Ten colours and nine markers: every pair differs up to 90 series.
+        style = {"label": series.legend_label, "color": f"C{index % 10}"}
         if chart.kind == "bar":
             # Bars of a bin sit side by side; widths are set in drawing units so log axes work too.
             bar_width = spacing * 0.8 / len(points)
@@ -186,16 +199,15 @@ def write_figure(chart: Chart, path: Path) -> Path:
                           linestyle="-" if chart.kind == "line" else "none", **style)
     if not any(points):
         axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
+    elif any(series.label for series in chart.series) and crowded:
+        figure.legend(title=chart.legend_title or None, loc="outside right upper", fontsize="small")
     elif any(series.label for series in chart.series):
         axes.legend(title=chart.legend_title or None)
     axes.set_title(chart.title)
     axes.set_xlabel(chart.x_label)
     axes.set_ylabel(chart.y_label)
     axes.grid(True, alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with matplotlib.rc_context({"svg.hashsalt": "budget-tui"}):  # stable SVG ids instead of random ones
-        figure.savefig(path, metadata={"Date": None})
-    return path
+    return figure
 
 
 def _drawable_points(chart: Chart) -> Points:
