@@ -440,6 +440,16 @@ def queue_clear(home: HomeOption = None, as_json: JsonOption = False) -> None:
 def worker(
     context: typer.Context,
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="One slot per GPU, e.g. 0,1; `cpu` for a CPU slot.")] = None,
+    slots: Annotated[Optional[int], typer.Option(
+        "--slots", help="N runs side by side on the CPU, the machine's threads split between them.")] = None,
+    slots_per_gpu: Annotated[Optional[int], typer.Option(
+        "--slots-per-gpu", help="N runs side by side on each GPU (with --pack-memory: at most N).")] = None,
+    pack_memory: Annotated[Optional[float], typer.Option(
+        "--pack-memory", help="Pack runs onto each GPU while their peak memory stays under this fraction "
+                              "of it, e.g. 0.9.")] = None,
+    run_memory: Annotated[Optional[str], typer.Option(
+        "--run-memory", help="With --pack-memory: the memory of a run whose peak is not yet known, e.g. 6G "
+                             "(default: it takes a whole GPU).")] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Keep running after this terminal closes.")] = False,
     once: Annotated[bool, typer.Option("--once", help="Drain the queue, then exit.")] = False,
     auto_resume: Annotated[bool, typer.Option("--auto-resume", help="Queue interrupted runs again on start.")] = False,
@@ -455,14 +465,18 @@ def worker(
     home: HomeOption = None,
     data_root: DataRootOption = None,
 ) -> None:
-    """Execute queued runs: here, each in its own process group, one per slot; or with
-    --executor slurm, each as a Slurm job (settings also in <home>/slurm.toml)."""
+    """Execute queued runs: here, each in its own process group, one per slot (one per GPU,
+    or several per device with --slots, --slots-per-gpu, --pack-memory); or with --executor
+    slurm, each as a Slurm job (settings also in <home>/slurm.toml)."""
     if context.invoked_subcommand is not None:
         return
-    from engine.worker import LocalExecutor, Slot, Worker, parse_gpus
+    from engine.scheduling import SlotRequest, plan_placement
+    from engine.worker import LocalExecutor, Slot, Worker
 
     home_dir = resolve_home(home)
     _store(home_dir).list_runs()  # a corrupted history is reported now, not in the background
+    request = SlotRequest(gpus, slots, slots_per_gpu, pack_memory, run_memory)
+    placement = None
     slurm_options = {"partition": partition, "time": time_limit, "cpus": cpus, "gpus_per_run": gpus_per_run,
                      "mem": mem, "account": account, "sbatch": sbatch or None, "max_jobs": max_jobs}
     if executor == "slurm":
@@ -470,6 +484,9 @@ def worker(
 
         if gpus is not None:
             raise BadInput("--gpus picks this machine's GPUs; with --executor slurm use --gpus-per-run")
+        if request.several_per_device():
+            raise BadInput(f"{next(iter(request.given()))} places runs on this machine; "
+                           f"with --executor slurm each run is a job (see --max-jobs)")
         settings = slurm.SlurmSettings.load(home_dir, slurm_options)
         slurm.check_available()
         slots = [Slot(None, job=index) for index in range(1, settings.max_jobs + 1)]
@@ -478,7 +495,8 @@ def worker(
         given = [f"--{name.replace('_', '-')}" for name, value in slurm_options.items() if value is not None]
         if given:
             raise BadInput(f"{given[0]} is a Slurm job setting: add --executor slurm")
-        slots = parse_gpus(gpus)
+        placement = plan_placement(request)  # refuses contradictory flags before anything starts
+        slots = placement.slots
         chosen = LocalExecutor(home_dir, data_root)
     else:
         raise BadInput(f"--executor takes local or slurm, got {executor!r}")
@@ -486,10 +504,11 @@ def worker(
         from engine.worker import start_detached_worker
 
         pid, log = start_detached_worker(home_dir, gpus=gpus, once=once, auto_resume=auto_resume, data_root=data_root,
-                                         executor_options=_executor_arguments(executor, slurm_options))
+                                         executor_options=_executor_arguments(executor, slurm_options)
+                                         + request.arguments())
         typer.echo(f"worker started in the background: pid {pid}, log {log}")
         return
-    Worker(home_dir, slots, chosen, once=once, auto_resume=auto_resume).run()
+    Worker(home_dir, slots, chosen, once=once, auto_resume=auto_resume, placement=placement).run()
 
 
 def _executor_arguments(executor: str, options: dict[str, Any]) -> list[str]:
