@@ -316,7 +316,7 @@ def test_claim_next_keeps_the_order_when_the_head_must_wait(tmp_path):
 def test_worker_once_with_two_cpu_slots_runs_two_runs_at_the_same_time(tmp_path):
     home = tmp_path / "home"
     store = Store(home / "history.json")
-    config = RunConfig(dataset="digits", model="small_cnn", epochs=2, batch_size=64, crop_padding=1, lr=0.05,
+    config = RunConfig(dataset="digits", model="small_cnn", epochs=1, batch_size=64, crop_padding=1, lr=0.05,
                        device="cpu")  # threads=0: the slot's share of the machine
     ids = queue.enqueue(store, "p", [config.replace(seed=seed) for seed in range(3)])
     worker = subprocess.Popen([sys.executable, "-m", "tui_app.cli", "worker", "--once", "--slots", "2",
@@ -329,7 +329,7 @@ def test_worker_once_with_two_cpu_slots_runs_two_runs_at_the_same_time(tmp_path)
         most_at_once = max(most_at_once, len(training))
         if len(training) == 2 and status is None:
             status = json.loads(runner.invoke(app, ["worker", "status", "--home", str(home), "--json"]).stdout)
-        time.sleep(0.05)
+        time.sleep(0.2)
     assert worker.wait(timeout=60) == 0, worker.stderr.read()
     assert most_at_once == 2
     assert {run["state"] for run in store.list_runs()} == {"done"}
