@@ -303,6 +303,22 @@ def test_the_worker_claims_in_queue_order_while_the_next_run_fits(tmp_path):
     assert executor.started[2:] == [(ids[2], "1"), (ids[3], "0")]
 
 
+def test_a_worker_without_placement_flags_fills_each_free_slot_once(tmp_path):
+    """The cluster executor's job slots (and --gpus) keep one run per slot, first free first."""
+    store = Store(tmp_path / "history.json")
+    ids = queue.enqueue(store, "p", [RunConfig(seed=seed) for seed in range(3)])
+    executor = FakeExecutor()
+    worker = Worker(tmp_path, [Slot(None, job=1), Slot(None, job=2)], executor)
+    assert worker._fill_slots() and not worker._fill_slots()
+    assert [(run.run_id, slot.label()) for slot, run in worker.running.items()] == [
+        (ids[0], "job 1"), (ids[1], "job 2")]
+    worker.running[Slot(None, job=1)].code = 0
+    worker._reap()
+    assert worker.placement.free_slots() == [Slot(None, job=1)]
+    worker._fill_slots()
+    assert worker.running[Slot(None, job=1)].run_id == ids[2]
+
+
 def test_claim_next_keeps_the_order_when_the_head_must_wait(tmp_path):
     store = Store(tmp_path / "history.json")
     first, second = queue.enqueue(store, "p", [RunConfig(), RunConfig(seed=1)])
