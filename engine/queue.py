@@ -33,13 +33,18 @@ def queue_order(record: dict[str, Any]) -> tuple[int, int]:
     return (-int(record.get("priority", 0)), int(record["id"]))
 
 
-def claim_next(store: Store, worker: dict[str, Any]) -> dict[str, Any] | None:
-    """Atomically take the next queued run and mark it running for `worker`."""
+def claim_next(store: Store, worker: dict[str, Any],
+               accept: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
+    """Atomically take the next queued run and mark it running for `worker`. With `accept`,
+    only if accept(run) says it has room to start now; the order is kept: a later run
+    never overtakes the one that waits for room."""
     with store.transaction() as table:
         queued = [record for record in table.all() if record.get("state") == RunState.QUEUED]
         if not queued:
             return None
         chosen = min(queued, key=lambda record: queue_order({**record, "id": record.doc_id}))
+        if accept is not None and not accept({**chosen, "id": chosen.doc_id}):
+            return None
         fields = change_state(chosen, RunState.RUNNING, started_at=now(), worker=worker, process=None)
         table.update(fields, doc_ids=[chosen.doc_id])
         return {**chosen, **fields, "id": chosen.doc_id}

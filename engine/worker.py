@@ -27,23 +27,10 @@ from engine.paths import LOG_NAME, history_path, resolve_home, run_dir
 from engine.processes import STOP_GRACE_S
 from engine.records import RunState, now
 from engine.runs import finish_if_running, last_error_line, write_json_atomic
+from engine.scheduling import Placement, Slot, SlotRequest, plan_placement, slot_environment
 from engine.store import Store, storage_error
 
 WORKERS_DIR = "workers"
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Where one run executes: a GPU id, "" for CPU only, or None to inherit the environment;
-    for a cluster scheduler, which of the jobs in flight (the scheduler picks the resources)."""
-
-    gpu: str | None
-    job: int | None = None
-
-    def label(self) -> str:
-        if self.job is not None:
-            return f"job {self.job}"
-        return "inherit" if self.gpu is None else (f"gpu {self.gpu}" if self.gpu else "cpu")
 
 
 class RunningRun(Protocol):
@@ -98,7 +85,7 @@ class LocalRun:
 @dataclass
 class LocalExecutor:
     """Each run in `python -m engine.child`, in its own process group (a new session),
-    with CUDA_VISIBLE_DEVICES set for its slot and output in <run dir>/log.txt."""
+    with its slot's GPU (CUDA_VISIBLE_DEVICES) and CPU threads, output in <run dir>/log.txt."""
 
     home: Path
     data_root: Path | None = None
@@ -109,9 +96,7 @@ class LocalExecutor:
 
     def start(self, record: dict[str, Any], slot: Slot) -> LocalRun:
         folder = run_dir(self.home, record["id"])
-        environment = dict(os.environ)
-        if slot.gpu is not None:
-            environment["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        environment = slot_environment(slot, dict(os.environ))
         command = [sys.executable, "-m", "engine.child", str(self.home), str(record["id"])]
         if self.data_root is not None:
             command += ["--data-root", str(self.data_root)]
@@ -134,8 +119,14 @@ class Worker:
     once: bool = False  # drain the queue, then exit
     auto_resume: bool = False  # queue interrupted runs again on start (they resume)
     poll_s: float = 0.5
+    placement: Placement | None = None  # where the next run goes (engine.scheduling); default: a free slot
     running: dict[Slot, RunningRun] = field(default_factory=dict)
     stopping: bool = False
+    history_seen: tuple[int, int, int] | None = None  # the history file the memory estimates came from
+
+    def __post_init__(self) -> None:
+        if self.placement is None:
+            self.placement = Placement(self.slots)
 
     @property
     def store(self) -> Store:
@@ -145,15 +136,19 @@ class Worker:
         """Execute queued runs until stopped (SIGTERM/SIGINT) or, with once, until drained."""
         signal.signal(signal.SIGTERM, self._ask_to_stop)
         signal.signal(signal.SIGINT, self._ask_to_stop)
-        registration = register_worker(self.home, self.slots)
-        print(f"worker {os.getpid()} on {', '.join(slot.label() for slot in self.slots)}; home {self.home}",
+        started_at = now()
+        registration = register_worker(self.home, self.placement, started_at)
+        print(f"worker {os.getpid()} on {', '.join(self.placement.labels())}; home {self.home}",
               file=sys.stderr, flush=True)  # after registering: a home it cannot write is the only line
         try:
             queue.reconcile(self.store, resume=self.auto_resume)
             while not self.stopping:
+                held = dict(self.placement.held)
                 self._reap()
                 self._follow_orphans()
                 claimed = self._fill_slots()
+                if self.placement.held != held:
+                    republish_worker(registration, self.placement, started_at)
                 if self.once and not self.running and not claimed:
                     break
                 time.sleep(self.poll_s)
@@ -164,41 +159,53 @@ class Worker:
                 run.stop(STOP_GRACE_S)  # the child records "interrupted" itself
                 self._record_exit(run)
             self.running.clear()
+            self.placement.held.clear()
             registration.unlink(missing_ok=True)
 
     def _ask_to_stop(self, signum: int, frame: object) -> None:
         self.stopping = True
 
     def _fill_slots(self) -> bool:
+        """Claim queued runs, in queue order, while the next one has room to start."""
         claimed = False
-        for slot in self.slots:
-            if slot in self.running or self.stopping:
-                continue
-            record = queue.claim_next(self.store, worker_identity())
+        while not self.stopping and self.placement.has_room():
+            self._learn_memory()
+            record = queue.claim_next(self.store, worker_identity(),
+                                      accept=self.placement.fits if self.placement.packing else None)
             if record is None:
                 break
             claimed = True
+            slot = self.placement.take(record)
             try:
                 self.running[slot] = self.executor.start(record, slot)
             except BudgetTuiError as error:  # its folder or log cannot be written: that run fails, the queue goes on
+                self.placement.release(slot)
                 self._record_failure(record["id"], None, f"cannot start: {error}")
         return claimed
 
+    def _learn_memory(self) -> None:
+        """When packing, read the peaks that finished runs recorded, whenever the history changed."""
+        if self.placement.estimates is None or self.store.file_signature() == self.history_seen:
+            return
+        self.history_seen = self.store.file_signature()
+        self.placement.estimates.learn(self.store.list_runs())
+
     def _follow_orphans(self) -> None:
         """Take over, into free slots, runs whose worker is gone but whose job runs on."""
-        free = [slot for slot in self.slots if slot not in self.running]
+        free = self.placement.free_slots()
         if not free or self.stopping or not self.executor.runs_outlive_worker:
             return
         for record in queue.adopt_orphans(self.store, worker_identity(), len(free),
                                           followable=lambda record: self.executor.follow(record) is not None):
             run = self.executor.follow(record)
             if run is not None:
-                self.running[free.pop(0)] = run
+                self.running[self.placement.take(record, free.pop(0))] = run
 
     def _reap(self) -> None:
         for slot, run in list(self.running.items()):
             if run.poll() is not None:
                 del self.running[slot]
+                self.placement.release(slot)
                 self._record_exit(run)
 
     def _record_exit(self, run: RunningRun) -> None:
@@ -222,16 +229,30 @@ def worker_identity() -> dict[str, Any]:
     return processes.process_identity(os.getpid())
 
 
-def register_worker(home: Path, slots: list[Slot]) -> Path:
+def register_worker(home: Path, placement: Placement, started_at: str) -> Path:
     folder = home / WORKERS_DIR
     path = folder / f"{os.getpid()}.json"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, {**worker_identity(), "slots": [slot.label() for slot in slots],
-                                 "started_at": now()})
+        write_json_atomic(path, registration(placement, started_at))
     except OSError as error:
         raise storage_error(error, "register the worker in", folder) from None
     return path
+
+
+def registration(placement: Placement, started_at: str) -> dict[str, Any]:
+    """What `worker status` shows: one label per device, and (--json) each slot and its run."""
+    return {**worker_identity(), "slots": placement.labels(), "placement": placement.describe(),
+            "started_at": started_at}
+
+
+def republish_worker(path: Path, placement: Placement, started_at: str) -> None:
+    """Rewrite the registration after runs started or ended; a home that refuses it (full
+    disk) only leaves `worker status` behind, so the worker serves on."""
+    try:
+        write_json_atomic(path, registration(placement, started_at), sync=False)
+    except OSError:
+        pass
 
 
 def live_workers(home: Path) -> list[dict[str, Any]]:
@@ -255,19 +276,6 @@ def live_workers(home: Path) -> list[dict[str, Any]]:
     return found
 
 
-def parse_gpus(text: str | None) -> list[Slot]:
-    """--gpus "0,1" -> one slot per GPU; "" or "cpu" -> one CPU slot; None -> one slot that
-    inherits the environment (device=auto then uses the first visible GPU, if any)."""
-    if text is None:
-        return [Slot(None)]
-    if text.strip().lower() in ("", "cpu", "none"):
-        return [Slot("")]
-    gpus = [part.strip() for part in text.split(",") if part.strip()]
-    if len(set(gpus)) != len(gpus) or not all(gpu.isdigit() for gpu in gpus):
-        raise BadInput(f"--gpus takes distinct GPU numbers like 0,1 (or cpu), got {text!r}")
-    return [Slot(gpu) for gpu in gpus]
-
-
 def stop_workers(home: Path, grace_s: float = STOP_GRACE_S + 5) -> list[int]:
     """SIGTERM every live worker of this host and home and wait for them to exit. Workers
     of other hosts are never signalled (their pids mean nothing here)."""
@@ -289,12 +297,19 @@ SLURM_OPTIONS: dict[str, type] = {  # Slurm job settings (engine.slurm.SlurmSett
 class WorkerOptions:
     """How a worker runs: where its runs execute and when it stops."""
 
-    gpus: str | None = None  # local slots, see parse_gpus
+    gpus: str | None = None  # local slots, see engine.scheduling.parse_gpus
+    slots: int | None = None  # runs side by side on the CPU (engine.scheduling)
+    slots_per_gpu: int | None = None  # runs side by side on each GPU
+    pack_memory: float | None = None  # pack runs onto a GPU while their peaks stay under this fraction
+    run_memory: str | None = None  # when packing, the memory of a run whose peak is unknown, e.g. "6G"
     once: bool = False  # drain the queue, then exit
     auto_resume: bool = False  # queue interrupted runs again on start
     executor: str = "local"  # local (child processes) or slurm (one job per run)
     slurm: dict[str, Any] = field(default_factory=dict)  # SLURM_OPTIONS given; None or absent: not given
     data_root: Path | None = None  # None: the child's default (env, then <home>/data)
+
+    def slot_request(self) -> SlotRequest:
+        return SlotRequest(self.gpus, self.slots, self.slots_per_gpu, self.pack_memory, self.run_memory)
 
     def given_slurm_options(self) -> dict[str, Any]:
         return {name: value for name, value in self.slurm.items() if value is not None}
@@ -306,25 +321,30 @@ class WorkerOptions:
             values = value if isinstance(value, list) else [value]
             arguments += [f"--{name.replace('_', '-')}={item}" for item in values]
         arguments += [f"--gpus={self.gpus}"] if self.gpus is not None else []
+        arguments += self.slot_request().arguments()
         arguments += ["--once"] * self.once + ["--auto-resume"] * self.auto_resume
         return arguments + ([f"--data-root={self.data_root}"] if self.data_root is not None else [])
 
 
-def build_executor(home: Path, options: WorkerOptions) -> tuple[list[Slot], Executor]:
-    """The slots and the executor the options ask for; BadInput for options that do not go
-    together, and (slurm) when Slurm is not there to take jobs."""
+def build_executor(home: Path, options: WorkerOptions) -> tuple[Placement, Executor]:
+    """Where runs go (the slots) and the executor the options ask for; BadInput for options
+    that do not go together, and (slurm) when Slurm is not there to take jobs."""
+    request = options.slot_request()
     if options.executor == "slurm":
         if options.gpus is not None:
             raise BadInput("--gpus picks this machine's GPUs; with --executor slurm use --gpus-per-run")
+        if request.several_per_device():
+            raise BadInput(f"{next(iter(request.given()))} places runs on this machine; "
+                           f"with --executor slurm each run is a job (see --max-jobs)")
         settings = slurm.SlurmSettings.load(home, options.slurm)
         slurm.check_available()
-        return [Slot(None, job=index) for index in range(1, settings.max_jobs + 1)], \
+        return Placement([Slot(None, job=index) for index in range(1, settings.max_jobs + 1)]), \
             slurm.SlurmExecutor(home, settings, options.data_root)
     if options.executor == "local":
         given = [f"--{name.replace('_', '-')}" for name in options.given_slurm_options()]
         if given:
             raise BadInput(f"{given[0]} is a Slurm job setting: add --executor slurm")
-        return parse_gpus(options.gpus), LocalExecutor(home, options.data_root)
+        return plan_placement(request), LocalExecutor(home, options.data_root)
     raise BadInput(f"--executor takes local or slurm, got {options.executor!r}")
 
 
@@ -332,8 +352,9 @@ def prepare_worker(home: Path, options: WorkerOptions) -> Worker:
     """A worker ready to run, every option checked; the history is read first, so a
     corrupted one is reported now rather than from the background."""
     Store(history_path(home)).list_runs()
-    slots, executor = build_executor(home, options)
-    return Worker(home, slots, executor, once=options.once, auto_resume=options.auto_resume)
+    placement, executor = build_executor(home, options)
+    return Worker(home, placement.slots, executor, once=options.once, auto_resume=options.auto_resume,
+                  placement=placement)
 
 
 def start_detached_worker(home: Path, options: WorkerOptions | None = None) -> tuple[int, Path]:
@@ -357,6 +378,10 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[Path, WorkerOptions]
     parser.add_argument("--home", type=Path, default=None, help="history and run folders (default: as budget-tui)")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--gpus", default=None, help="one slot per GPU, e.g. 0,1; cpu for a CPU slot")
+    parser.add_argument("--slots", type=int, default=None, help="N runs side by side on the CPU")
+    parser.add_argument("--slots-per-gpu", type=int, default=None, help="N runs side by side on each GPU")
+    parser.add_argument("--pack-memory", type=float, default=None, help="pack runs onto each GPU under this fraction")
+    parser.add_argument("--run-memory", default=None, help="with --pack-memory: a run of unknown peak, e.g. 6G")
     parser.add_argument("--once", action="store_true", help="drain the queue, then exit")
     parser.add_argument("--auto-resume", action="store_true", help="queue interrupted runs again on start")
     parser.add_argument("--executor", default="local", help="local or slurm")
@@ -368,7 +393,8 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[Path, WorkerOptions]
             parser.add_argument(flag, type=kind, default=None, help="a Slurm job setting")
     arguments = parser.parse_args(argv)
     return resolve_home(arguments.home), WorkerOptions(
-        gpus=arguments.gpus, once=arguments.once, auto_resume=arguments.auto_resume, executor=arguments.executor,
+        gpus=arguments.gpus, slots=arguments.slots, slots_per_gpu=arguments.slots_per_gpu,
+        pack_memory=arguments.pack_memory, run_memory=arguments.run_memory, once=arguments.once, auto_resume=arguments.auto_resume, executor=arguments.executor,
         slurm={name: getattr(arguments, name) for name in SLURM_OPTIONS}, data_root=arguments.data_root)
 
 

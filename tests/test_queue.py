@@ -216,7 +216,9 @@ def test_worker_options_survive_the_detached_command_line(tmp_path):
     slurm = {"partition": "gpu", "time": 30, "cpus": None, "gpus_per_run": 1, "mem": "8G", "account": None,
              "sbatch": ["--qos=high", "--exclusive"], "max_jobs": 3}
     for options in (WorkerOptions(), WorkerOptions(gpus="", once=True, data_root=tmp_path / "a data root"),
-                    WorkerOptions(executor="slurm", auto_resume=True, slurm=slurm)):
+                    WorkerOptions(executor="slurm", auto_resume=True, slurm=slurm),
+                    WorkerOptions(slots=2, once=True),
+                    WorkerOptions(gpus="0,1", slots_per_gpu=4, pack_memory=0.9, run_memory="6G")):
         home, parsed = parse_arguments([f"--home={tmp_path}", *options.arguments()])
         assert home == tmp_path
         assert parsed == WorkerOptions(**{**options.__dict__, "slurm": {**dict.fromkeys(slurm), **options.slurm}})
@@ -226,6 +228,7 @@ def test_worker_options_survive_the_detached_command_line(tmp_path):
     (["--executor", "nope"], "--executor takes local or slurm"),
     (["--partition=gpu"], "--partition is a Slurm job setting"),
     (["--gpus", "0,0"], "--gpus takes distinct GPU numbers"),
+    (["--slots=2", "--executor=slurm"], "--slots places runs on this machine"),
 ])
 def test_the_worker_entry_point_refuses_bad_options_in_one_line(tmp_path, arguments, message):
     done = subprocess.run([sys.executable, "-m", "engine.worker", "--home", str(tmp_path), *arguments],

@@ -416,6 +416,16 @@ def queue_clear(home: HomeOption = None, as_json: JsonOption = False) -> None:
 def worker(
     context: typer.Context,
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="One slot per GPU, e.g. 0,1; `cpu` for a CPU slot.")] = None,
+    slots: Annotated[Optional[int], typer.Option(
+        "--slots", help="N runs side by side on the CPU, the machine's threads split between them.")] = None,
+    slots_per_gpu: Annotated[Optional[int], typer.Option(
+        "--slots-per-gpu", help="N runs side by side on each GPU (with --pack-memory: at most N).")] = None,
+    pack_memory: Annotated[Optional[float], typer.Option(
+        "--pack-memory", help="Pack runs onto each GPU while their peak memory stays under this fraction "
+                              "of it, e.g. 0.9.")] = None,
+    run_memory: Annotated[Optional[str], typer.Option(
+        "--run-memory", help="With --pack-memory: the memory of a run whose peak is not yet known, e.g. 6G "
+                             "(default: it takes a whole GPU).")] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Keep running after this terminal closes.")] = False,
     once: Annotated[bool, typer.Option("--once", help="Drain the queue, then exit.")] = False,
     auto_resume: Annotated[bool, typer.Option("--auto-resume", help="Queue interrupted runs again on start.")] = False,
@@ -431,14 +441,17 @@ def worker(
     home: HomeOption = None,
     data_root: DataRootOption = None,
 ) -> None:
-    """Execute queued runs: here, each in its own process group, one per slot; or with
-    --executor slurm, each as a Slurm job (settings also in <home>/slurm.toml)."""
+    """Execute queued runs: here, each in its own process group, one per slot (one per GPU,
+    or several per device with --slots, --slots-per-gpu, --pack-memory); or with --executor
+    slurm, each as a Slurm job (settings also in <home>/slurm.toml)."""
     if context.invoked_subcommand is not None:
         return
     from engine.worker import WorkerOptions, prepare_worker, start_detached_worker
 
     home_dir = resolve_home(home)
-    options = WorkerOptions(gpus=gpus, once=once, auto_resume=auto_resume, executor=executor, data_root=data_root,
+    options = WorkerOptions(gpus=gpus, slots=slots, slots_per_gpu=slots_per_gpu, pack_memory=pack_memory,
+                            run_memory=run_memory, once=once, auto_resume=auto_resume, executor=executor,
+                            data_root=data_root,
                             slurm={"partition": partition, "time": time_limit, "cpus": cpus,
                                    "gpus_per_run": gpus_per_run, "mem": mem, "account": account,
                                    "sbatch": sbatch or None, "max_jobs": max_jobs})
