@@ -12,7 +12,8 @@ HEAVY = ("torch", "timm", "sklearn", "textual")
 
 
 @pytest.mark.parametrize(
-    "module", ["tui_app.cli", "engine.config", "engine.presets", "engine.store", "engine.runs", "engine.history"]
+    "module", ["tui_app.cli", "engine.config", "engine.presets", "engine.store", "engine.runs", "engine.history",
+               "engine.logs", "engine.annotations"]
 )
 def test_front_end_and_core_modules_do_not_import_heavy_packages(module):
     code = f"import sys, {module}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"

@@ -2,7 +2,8 @@
 
 Machine output (--json) goes to stdout only; messages and progress go to stderr. Every
 domain error is caught once here and printed as one line with its exit code (DESIGN.md):
-0 ok, 1 runtime failure, 2 bad input, 3 not found. Must not import torch at start-up.
+0 ok, 1 runtime failure, 2 bad input, 3 not found, 4 refused by a run's state. Must not
+import torch at start-up.
 """
 
 from __future__ import annotations
