@@ -24,6 +24,8 @@ except ImportError:
 
 from engine.errors import BadInput, BudgetTuiError, NotFound, explain, one_line
 from engine.paths import DATA_ENV, HOME_ENV, history_path, resolve_data_root, resolve_home
+from tui_app.cli_common import DataRootOption, HomeOption, JsonOption, print_json
+from tui_app.commands_runs import register as register_run_commands
 
 
 TRACEBACK_ENV = "BUDGET_TUI_TRACEBACK"  # set to 1 to see where an unexpected error came from
@@ -82,9 +84,6 @@ app.add_typer(presets_app, name="presets")
 app.add_typer(history_app, name="history")
 app.add_typer(queue_app, name="queue")
 app.add_typer(worker_app, name="worker")
-
-from tui_app.cli_common import DataRootOption, HomeOption, JsonOption, print_json  # noqa: E402
-
 
 def _print_version(asked: bool) -> None:
     if asked:
@@ -290,8 +289,10 @@ def history_show(run_id: int, home: HomeOption = None, as_json: JsonOption = Fal
         return
     typer.echo(f"run {run_id}: {record['state']} (preset {record.get('preset')}, "
                f"created {record.get('created_at')})")
-    if record["tags"] or record["note"]:
-        typer.echo(f"  tags: {', '.join(record['tags']) or '-'}" + (f"\n  note: {record['note']}" if record["note"] else ""))
+    if record["tags"]:
+        typer.echo(f"  tags: {', '.join(record['tags'])}")
+    if record["note"]:
+        typer.echo(f"  note: {record['note']}")
     for key, value in record.get("config", {}).items():
         typer.echo(f"  {key:<16} {value}")
     if record.get("summary"):
@@ -637,9 +638,7 @@ def _names(text: str, option: str) -> list[str]:
     return names
 
 
-# --- commands on single runs: log, rerun, diff, tag, untag, note, history rm
-from tui_app.commands_runs import register as register_run_commands  # noqa: E402
-
+# --- commands on single runs (tui_app/commands_runs.py): log, rerun, diff, tag, untag, note, history rm
 register_run_commands(app, history_app)
 
 
