@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import signal
 import sys
@@ -19,7 +18,7 @@ from engine.config import RunConfig
 from engine.errors import BudgetTuiError
 from engine.paths import history_path, resolve_data_root
 from engine.records import TransitionRefused
-from engine.runs import Interrupted, execute_run
+from engine.runs import Interrupted, event_line, execute_run
 from engine.store import Store
 
 PR_SET_PDEATHSIG = 1
@@ -52,8 +51,9 @@ def main(argv: list[str] | None = None, *, supervised_by_scheduler: bool = False
         raise Interrupted("stopped by SIGTERM")
 
     def print_event(event: dict) -> None:
-        if event["event"] != "step":  # epochs, start and summary; steps only feed progress.json
-            print(json.dumps(event, default=str), flush=True)
+        line = event_line(event)
+        if line is not None:
+            print(line, flush=True)
 
     signal.signal(signal.SIGTERM, on_sigterm)
     store = Store(history_path(arguments.home))

@@ -1,7 +1,8 @@
 """Domain errors: one exception family, caught once at the CLI boundary.
 
 Each error carries the process exit code the CLI maps it to (DESIGN.md): 1 runtime
-failure, 2 bad input, 3 not found; `explain` gives any other error its line and code.
+failure, 2 bad input, 3 not found, 4 refused by a run's state; `explain` gives any other
+error its line and code.
 Must not import torch.
 """
 
@@ -24,6 +25,13 @@ class NotFound(BudgetTuiError):
     """A run, preset or file the user named does not exist."""
 
     exit_code = 3
+
+
+class WrongState(BudgetTuiError):
+    """A request the run's state does not allow: retry a done run, cancel a finished one,
+    remove a queued or running one. Distinct from bad input, so scripts can tell the two apart."""
+
+    exit_code = 4
 
 
 class DatasetFilesMissing(BadInput):

@@ -21,11 +21,32 @@ from engine.store import Store
 
 # The state names (and FINISHED, RETRYABLE) the screens import from here.
 QUEUED, RUNNING, INTERRUPTED = RunState.QUEUED, RunState.RUNNING, RunState.INTERRUPTED
+# How the outcome of a cancel or retry says that a run's state refused it.
+REFUSED_PREFIX = "not "
+
+
+def refused(outcome: dict[int, str]) -> list[int]:
+    """The runs of a cancel or retry outcome that their state refused."""
+    return [run_id for run_id, result in outcome.items() if result.startswith(REFUSED_PREFIX)]
 
 
 def enqueue(store: Store, preset: str, configs: list[RunConfig], priority: int = 0) -> list[int]:
     """Queue every config as one store write; returns the new run ids."""
     return store.add_runs([new_record(config, preset, priority=priority) for config in configs])
+
+
+def rerun(store: Store, run_id: int, assignments: dict[str, Any], *, priority: int = 0,
+          check: Callable[[RunConfig], None] | None = None) -> int:
+    """Queue a new run with the config of run `run_id` and `assignments` on top; it keeps
+    that run's preset name and records which run it reruns. `check(config)` sees the new
+    config before anything is written (the checks `queue add` makes). Returns its id."""
+    record = store.get_run(run_id)
+    config = RunConfig.from_dict(record["config"]).replace(**assignments)
+    if check is not None:
+        check(config)
+    (new_id,) = store.add_runs([new_record(config, record.get("preset"), priority=validate_priority(priority),
+                                           rerun_of=run_id)])
+    return new_id
 
 
 def queue_order(record: dict[str, Any]) -> tuple[int, int]:
@@ -83,7 +104,7 @@ def cancel(store: Store, run_ids: list[int], grace_s: float = STOP_GRACE_S) -> d
                 raise NotFound(f"no run with id {run_id} in {store.path}")
             state = record.get("state")
             if not can_change(state, RunState.CANCELLED):
-                outcome[run_id] = f"not cancelled: already {state}"
+                outcome[run_id] = f"{REFUSED_PREFIX}cancelled: already {state}"
                 continue
             table.update(change_state(record, RunState.CANCELLED, finished_at=now(),
                                       outcome={"exit_code": None, "message": "cancelled by the user"}),
@@ -124,7 +145,7 @@ def retry(store: Store, run_ids: list[int], *, fresh: bool = False) -> dict[int,
             if record is None:
                 raise NotFound(f"no run with id {run_id} in {store.path}")
             if not can_change(record.get("state"), RunState.QUEUED):
-                outcome[run_id] = f"not retried: {record.get('state')}"
+                outcome[run_id] = f"{REFUSED_PREFIX}retried: {record.get('state')}"
                 continue
             if fresh and record.get("run_dir"):
                 for name in RESULT_NAMES:

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from engine import __version__
 from engine.config import RunConfig, field_types
-from engine.errors import BudgetTuiError
+from engine.errors import WrongState
 
 
 class RunState(StrEnum):
@@ -45,7 +45,7 @@ FINISHED = tuple(state for state in RunState if state not in (RunState.QUEUED, R
 RETRYABLE = tuple(state for state in RunState if RunState.QUEUED in TRANSITIONS[state])
 
 
-class TransitionRefused(BudgetTuiError):
+class TransitionRefused(WrongState):
     """A state change the transition table does not allow (the run moved on meanwhile)."""
 
 
@@ -105,7 +105,7 @@ def new_record(config: RunConfig, preset: str, *, state: RunState = RunState.QUE
 # --- the shape of a history file
 # Parsed JSON has exact types (int, float, str, bool, dict, list, None), so a type check is
 # one set lookup: 15 us a record (22 with isinstance), against 35-50 us to parse it.
-_TEXT, _NUMBER, _COUNT, _MAPPING, _FLAG = {str}, {int, float}, {int}, {dict}, {bool}
+_TEXT, _NUMBER, _COUNT, _MAPPING, _FLAG, _LIST = {str}, {int, float}, {int}, {dict}, {bool}, {list}
 _NULL = {type(None)}
 # The fields the engine reads, with the JSON types they may hold. Missing fields are fine
 # (older files lack some); extra fields are kept as they are.
@@ -125,6 +125,9 @@ RECORD_FIELDS: Mapping[str, frozenset[type]] = {name: frozenset(types) for name,
     "process": _MAPPING | _NULL,
     "worker": _MAPPING | _NULL,
     "slurm": _MAPPING | _NULL,  # the Slurm job of a run submitted to a cluster: job_id, state, reason
+    "tags": _LIST,  # the user's labels, strings (engine.annotations)
+    "note": _TEXT | _NULL,  # the user's free text about the run
+    "rerun_of": _COUNT | _NULL,  # the run whose config this one was queued from (`rerun`)
 }.items()}
 _CONFIG_JSON_TYPES = {int: _COUNT, float: _NUMBER, str: _TEXT, bool: _FLAG}
 # Summary numbers that the front ends format as numbers (a string there stops every listing).
@@ -147,6 +150,8 @@ def check_history(data: Any) -> None:
     schema = data.get("_meta", {}).get("1", {"schema": 1})
     if type(schema) is not dict or type(schema.get("schema", 1)) is not int:
         raise ValueError("the schema version is not a number")
+    if type(schema.get("last_id", 0)) is not int:
+        raise ValueError("the highest run id given is not a number")
     for run_id, record in data.get("runs", {}).items():
         check_record(run_id, record)
 
@@ -163,6 +168,8 @@ def check_record(run_id: str, record: Any) -> None:
         allowed = RECORD_FIELDS.get(name)
         if allowed is not None and type(value) not in allowed:
             raise ValueError(f"run {run_id} field {name!r} is {_json_type(value)}")
+    if any(type(tag) is not str for tag in record.get("tags", ())):
+        raise ValueError(f"run {run_id} has a tag that is not a string")
     config_types = _config_json_types()
     for key, value in record.get("config", {}).items():
         allowed = config_types.get(key)

@@ -13,12 +13,12 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 from engine.atomic import write_atomic
 from engine.config import RunConfig
 from engine.errors import BadInput, BudgetTuiError, NotFound
-from engine.paths import PROGRESS_NAME, TRACEBACK_NAME, run_dir
+from engine.paths import LOG_NAME, PROGRESS_NAME, TRACEBACK_NAME, run_dir
 from engine.processes import process_identity
 from engine.records import RunState, TransitionRefused, change_state, now
 from engine.store import Store, storage_error
@@ -36,6 +36,7 @@ def execute_run(
     data_root: Path,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     data: Any = None,
+    log_as: str | None = None,
 ) -> dict[str, Any]:
     """Train run `run_id` (recorded as running: claimed by a worker or inserted by `run`)
     in this process, keeping its record up to date; returns the summary.
@@ -46,11 +47,18 @@ def execute_run(
     folder (full disk), marks the run failed with its cause, removes half-written files
     and is re-raised; an interrupt (Ctrl-C, SIGTERM from a worker) marks it interrupted --
     it resumes from its last checkpoint. A cancel recorded meanwhile is never overwritten.
+
+    `log_as` (say, "in the foreground"): this process's output is not a log already (as a
+    worker's child's is), so the events and the end go to <run dir>/log.txt, as a child
+    prints them, under a start line saying where the run trains.
     """
     folder = run_dir(home, run_id)
     record_start(store, run_id, process_identity(os.getpid()), run_dir=str(folder))
+    log = RunLog(None)
     try:
         prepare_run_folder(folder, config)
+        if log_as is not None:
+            log = RunLog.start(folder / LOG_NAME, f"{log_as} (pid {os.getpid()})")
         from engine.train.loop import train  # torch is imported only when a run really starts
 
         progress = ProgressWriter(folder / PROGRESS_NAME)
@@ -59,11 +67,13 @@ def execute_run(
             if on_event is not None:
                 on_event(event)
             progress.update(event)
+            log.event(event)
 
         summary = train(config, folder, data_root=data_root, on_event=handle, data=data)
     except (KeyboardInterrupt, Interrupted):
         finish_if_running(store, run_id, RunState.INTERRUPTED,
                           outcome={"exit_code": 130, "message": "interrupted; resumable from its checkpoint"})
+        log.close("interrupted; resumable from its checkpoint")
         raise
     except BaseException as error:
         remove_temporary_files(folder)  # first: on a full disk this frees the room to record the failure
@@ -71,9 +81,11 @@ def execute_run(
         finish_if_running(store, run_id, RunState.FAILED, outcome={
             "exit_code": getattr(error, "exit_code", 1), "message": cause,
             "traceback_file": write_traceback(folder)})
+        log.close(f"error: {cause}")
         raise
     finish_if_running(store, run_id, RunState.DONE, summary=compact_summary(summary),
                       outcome={"exit_code": 0, "message": "ok"})
+    log.close()
     return summary
 
 
@@ -97,6 +109,52 @@ def finish_if_running(store: Store, run_id: int, state: RunState, **fields: Any)
             return False
         table.update(change_state(record, state, finished_at=now(), **fields), doc_ids=[run_id])
         return True
+
+
+def event_line(event: dict[str, Any]) -> str | None:
+    """The line a run's log keeps for an event: the event as JSON, but none for steps (they
+    only feed progress.json, and would make the log as long as the run)."""
+    return None if event["event"] == "step" else json.dumps(event, default=str)
+
+
+class RunLog:
+    """<run dir>/log.txt of a run trained in this process, appended to line by line (a run
+    resumed after an interrupt continues the same log). RunLog(None) writes nothing."""
+
+    def __init__(self, file: IO[str] | None) -> None:
+        self.file = file
+
+    @classmethod
+    def start(cls, path: Path, where: str) -> RunLog:
+        try:
+            log = cls(open(path, "a", encoding="utf-8"))
+        except OSError as error:
+            raise storage_error(error, "write the run log", path) from None
+        log.write(f"--- {now()} start {where}")
+        return log
+
+    def write(self, line: str) -> None:
+        if self.file is not None:
+            self.file.write(line + "\n")
+            self.file.flush()  # `budget-tui log -f` shows it as it happens
+
+    def event(self, event: dict[str, Any]) -> None:
+        line = event_line(event)
+        if line is not None:
+            self.write(line)
+
+    def close(self, last_line: str | None = None) -> None:
+        """Close the log, with `last_line` (why the run stopped) if given. A log that cannot
+        take it (full disk) must not hide the run's own outcome, which is recorded already."""
+        if self.file is None:
+            return
+        try:
+            if last_line is not None:
+                self.write(last_line)
+            self.file.close()
+        except OSError:
+            pass
+        self.file = None
 
 
 def prepare_run_folder(folder: Path, config: RunConfig) -> None:

@@ -14,7 +14,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from filelock import FileLock, Timeout
 from tinydb import TinyDB
@@ -165,8 +165,9 @@ class Store:
             # Number the records first so each carries its id: one table rewrite, not one per run.
             # An id never names an existing run folder: after the history was moved aside, a
             # new run would otherwise resume the old run's checkpoint as its own.
+            # Nor an id a removed run had (`remove_runs` keeps the highest in _meta).
             first = max(max((document.doc_id for document in table.all()), default=0),
-                        self._highest_run_folder()) + 1
+                        self._highest_run_folder(), _last_id(table.storage.read())) + 1
             ids = list(range(first, first + len(records)))
             table.insert_multiple(Document({**record, "id": run_id}, doc_id=run_id)
                                   for run_id, record in zip(ids, records))
@@ -190,6 +191,29 @@ class Store:
                 raise NotFound(f"no run with id {run_id} in {self.path}")
             table.update(fields, doc_ids=[run_id])
             return _plain(table.get(doc_id=run_id))
+
+    def remove_runs(self, run_ids: list[int],
+                    check: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """Remove runs from the history in one write and return their records. `check(record)`
+        sees each first, under the lock, and raises to refuse the whole request (nothing is
+        removed). Their ids are never given again: the highest id given so far stays in _meta."""
+        with self._locked():
+            data = self._read_file()
+            runs = data.get(RUNS_TABLE, {})
+            wanted = list(dict.fromkeys(run_ids))
+            for run_id in wanted:
+                if str(run_id) not in runs:
+                    raise NotFound(f"no run with id {run_id} in {self.path}")
+                if check is not None:
+                    check({**runs[str(run_id)], "id": run_id})
+            if not wanted:
+                return []
+            highest = max(_last_id(data), *(int(run_id) for run_id in runs))
+            removed = [{**runs.pop(str(run_id)), "id": run_id} for run_id in wanted]
+            meta = data.setdefault(META_TABLE, {}).setdefault("1", {"schema": SCHEMA_VERSION})
+            meta["last_id"] = highest
+            self._write_file(data)
+        return removed
 
     def get_run(self, run_id: int) -> dict[str, Any]:
         record = self._snapshot().get(doc_id=run_id)
@@ -286,6 +310,11 @@ def _plain(document: Document | None) -> dict[str, Any]:
     if document is not None:
         record["id"] = document.doc_id
     return record
+
+
+def _last_id(data: dict[str, Any]) -> int:
+    """The highest run id given before runs were removed (0 if none ever was)."""
+    return data.get(META_TABLE, {}).get("1", {}).get("last_id", 0)
 
 
 def _migrate(data: dict[str, Any]) -> dict[str, Any]:

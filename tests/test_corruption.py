@@ -37,6 +37,8 @@ CORRUPTIONS = {
     "priority-a-string": _record(state="queued", priority="high"),
     "summary-number-a-string": _record(state="done", summary={"final_test_acc": "97%"}),
     "process-a-number": _record(state="running", process=42),
+    "tags-a-string": _record(state="done", tags="paper"),
+    "note-a-number": _record(state="done", note=7),
     "meta-an-array": b'{"_meta": [], "runs": {}}',
     "schema-a-string": b'{"_meta": {"1": {"schema": "one"}}, "runs": {}}',
 }
@@ -52,6 +54,12 @@ COMMANDS = {
     "compare": ["compare"],
     "run": ["run", "digits-quick", "--set", "epochs=1"],
     "worker-once": ["worker", "--once"],
+    "log": ["log", "1"],
+    "rerun": ["rerun", "1"],
+    "diff": ["diff", "1", "1"],
+    "tag": ["tag", "1", "paper"],
+    "note": ["note", "1", "text"],
+    "history-rm": ["history", "rm", "1", "--yes"],
 }
 
 

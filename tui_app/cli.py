@@ -2,12 +2,12 @@
 
 Machine output (--json) goes to stdout only; messages and progress go to stderr. Every
 domain error is caught once here and printed as one line with its exit code (DESIGN.md):
-0 ok, 1 runtime failure, 2 bad input, 3 not found. Must not import torch at start-up.
+0 ok, 1 runtime failure, 2 bad input, 3 not found, 4 refused by a run's state. Must not
+import torch at start-up.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -24,6 +24,8 @@ except ImportError:
 
 from engine.errors import BadInput, BudgetTuiError, NotFound, explain, one_line
 from engine.paths import DATA_ENV, HOME_ENV, history_path, resolve_data_root, resolve_home
+from tui_app.cli_common import DataRootOption, HomeOption, JsonOption, print_json
+from tui_app.commands_runs import register as register_run_commands
 from tui_app.formatting import duration, format_summary, percent, rate
 
 
@@ -70,12 +72,13 @@ class DomainErrorsToExitCodes(TyperGroup):
 app = typer.Typer(
     cls=DomainErrorsToExitCodes,
     name="budget-tui",
-    help="Budgeted-training experiment manager: presets, runs, history.",
-    add_completion=False,
+    help="Budgeted-training experiment manager: presets, runs, history. "
+         "Run `budget-tui` with no command to open the terminal UI.",
+    context_settings={"help_option_names": ["-h", "--help"]},  # every command inherits -h
     pretty_exceptions_enable=False,
 )
 presets_app = typer.Typer(help="List and show presets.", no_args_is_help=True)
-history_app = typer.Typer(help="Browse finished and running runs.", no_args_is_help=True)
+history_app = typer.Typer(help="Browse finished and running runs; remove finished ones.", no_args_is_help=True)
 queue_app = typer.Typer(help="Queue runs for the worker; list, cancel, retry, prioritise.", no_args_is_help=True)
 worker_app = typer.Typer(help="Execute the queue: `worker` runs it here; status and stop manage it.")
 app.add_typer(presets_app, name="presets")
@@ -83,17 +86,21 @@ app.add_typer(history_app, name="history")
 app.add_typer(queue_app, name="queue")
 app.add_typer(worker_app, name="worker")
 
-HomeOption = Annotated[
-    Optional[Path], typer.Option("--home", help="History and run folders (env BUDGET_TUI_HOME; default ./runs).")
-]
-DataRootOption = Annotated[
-    Optional[Path], typer.Option("--data-root", help="Datasets (env BUDGET_TUI_DATA; default <home>/data).")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+def _print_version(asked: bool) -> None:
+    if asked:
+        from engine.records import code_version
+
+        typer.echo(f"budget-tui {code_version()}")
+        raise typer.Exit()
+
+
+VersionOption = Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                             help="Print the version (and git commit in a checkout) and exit.")]
 
 
 @app.callback(invoke_without_command=True)
-def main_options(context: typer.Context, home: HomeOption = None, data_root: DataRootOption = None) -> None:
+def main_options(context: typer.Context, home: HomeOption = None, data_root: DataRootOption = None,
+                 version: VersionOption = False) -> None:
     """Budgeted-training experiment manager: presets, runs, history. Without a command: the terminal UI."""
     # Given before the command, --home/--data-root apply to it and to any child process.
     if home is not None:
@@ -104,13 +111,6 @@ def main_options(context: typer.Context, home: HomeOption = None, data_root: Dat
         from tui_app.app import run_tui  # textual is imported only when the UI opens
 
         run_tui(resolve_home(home), data_root.expanduser().resolve() if data_root is not None else None)
-
-
-def print_json(value: Any) -> None:
-    # Indented for a person at a terminal; compact when a script reads it (a 10,000-run
-    # history prints three times faster).
-    indent = 2 if sys.stdout.isatty() else None
-    typer.echo(json.dumps(value, indent=indent, default=str))
 
 
 # --- presets
@@ -203,7 +203,8 @@ def run(
         with RunProgress(label) as progress:
             try:
                 summary = execute_run(store, home_dir, run_id, config, data=data,
-                                      data_root=resolve_data_root(data_root, home_dir), on_event=progress.update)
+                                      data_root=resolve_data_root(data_root, home_dir), on_event=progress.update,
+                                      log_as="in the foreground")
             except KeyboardInterrupt:
                 typer.echo(f"\nrun {run_id} interrupted; it resumes from its last checkpoint", err=True)
                 raise typer.Exit(130) from None
@@ -226,16 +227,17 @@ def history_ls(
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List runs in the history."""
+    """List runs in the history (filters: config fields, state, preset, tag=a,b, note=text)."""
+    from engine.annotations import annotations
     from engine.history import filter_runs, parse_filters
     from engine.store import Store
 
     runs = filter_runs(Store(history_path(resolve_home(home))).list_runs(), parse_filters(where))
     if as_json:
-        print_json(runs)
+        print_json([annotations(record) for record in runs])
         return
     typer.echo(f"{'id':>5}  {'state':<11} {'preset':<16} {'dataset':<10} {'sampler':<13} "
-               f"{'aug':<9} {'budget':>6} {'seed':>4}  {'final acc':>9}")
+               f"{'aug':<9} {'budget':>6} {'seed':>4}  {'final acc':>9}  tags / note")
     for record in runs:
         config = record.get("config", {})
         summary = record.get("summary") or {}
@@ -244,23 +246,38 @@ def history_ls(
             f"{record['id']:>5}  {record.get('state', '?'):<11} {record.get('preset', ''):<16} "
             f"{config.get('dataset', ''):<10} {config.get('sampler', ''):<13} "
             f"{config.get('augmentation', ''):<9} {config.get('budget', 0):>6g} "
-            f"{config.get('seed', 0):>4}  {accuracy:>9}"
+            f"{config.get('seed', 0):>4}  {accuracy:>9}{_tags_and_note(record)}"
         )
+
+
+def _tags_and_note(record: dict[str, Any]) -> str:
+    """The listing's last column: the tags, then the note's first line, shortened."""
+    parts = [",".join(record["tags"])] if record.get("tags") else []
+    lines = (record.get("note") or "").splitlines()
+    if lines:
+        shortened = len(lines[0]) > 40 or len(lines) > 1
+        parts.append(f"# {lines[0][:40]}{'...' if shortened else ''}")
+    return f"  {' '.join(parts)}" if parts else ""
 
 
 @history_app.command("show")
 def history_show(run_id: int, home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Show one run: config, state, summary and per-epoch metrics."""
+    """Show one run: config, state, tags and note, summary and per-epoch metrics."""
+    from engine.annotations import annotations
     from engine.history import load_metrics
     from engine.store import Store
 
-    record = Store(history_path(resolve_home(home))).get_run(run_id)
+    record = annotations(Store(history_path(resolve_home(home))).get_run(run_id))
     record["metrics"] = load_metrics(record)
     if as_json:
         print_json(record)
         return
     typer.echo(f"run {run_id}: {record['state']} (preset {record.get('preset')}, "
                f"created {record.get('created_at')})")
+    if record["tags"]:
+        typer.echo(f"  tags: {', '.join(record['tags'])}")
+    if record["note"]:
+        typer.echo(f"  note: {record['note']}")
     for key, value in record.get("config", {}).items():
         typer.echo(f"  {key:<16} {value}")
     if record.get("summary"):
@@ -359,11 +376,20 @@ RunIds = Annotated[list[int], typer.Argument(help="Run ids.")]
 
 
 def _report(outcome: dict[int, str], as_json: bool) -> None:
+    """Each run's result; then exit 4 if a run's state refused the request (the other runs
+    were still handled), so a script sees it."""
+    from engine.errors import WrongState
+    from engine.queue import refused
+
     if as_json:
         print_json({str(run_id): result for run_id, result in outcome.items()})
     else:
         for run_id, result in outcome.items():
             typer.echo(f"{run_id}: {result}")
+    refusals = refused(outcome)
+    if refusals:
+        raise WrongState(f"{len(refusals)} of {len(outcome)} run(s) refused by their state: "
+                         f"{', '.join(f'{run_id} ({outcome[run_id]})' for run_id in refusals)}")
 
 
 @queue_app.command("cancel")
@@ -392,11 +418,16 @@ def queue_priority(
     priority: Annotated[int, typer.Argument(help="New priority (higher runs first).")],
     run_ids: RunIds,
     home: HomeOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Change the priority of runs."""
+    """Change the priority of runs (of any state: a retried run keeps it)."""
     from engine.queue import set_priority, validate_priority
 
     set_priority(_store(home), run_ids, validate_priority(priority))
+    if as_json:
+        print_json({"ids": run_ids, "priority": priority})
+    else:
+        typer.echo(f"priority {priority}: run(s) {', '.join(map(str, run_ids))}")
 
 
 @queue_app.command("clear")
@@ -440,6 +471,7 @@ def worker(
     max_jobs: Annotated[Optional[int], typer.Option("--max-jobs", help="Slurm jobs in flight at once.")] = None,
     home: HomeOption = None,
     data_root: DataRootOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="With --detach: the pid and log as JSON.")] = False,
 ) -> None:
     """Execute queued runs: here, each in its own process group, one per slot (one per GPU,
     or several per device with --slots, --slots-per-gpu, --pack-memory); or with --executor
@@ -448,6 +480,8 @@ def worker(
         return
     from engine.worker import WorkerOptions, prepare_worker, start_detached_worker
 
+    if as_json and not detach:
+        raise BadInput("--json prints the detached worker's pid and log: add --detach")
     home_dir = resolve_home(home)
     options = WorkerOptions(gpus=gpus, slots=slots, slots_per_gpu=slots_per_gpu, pack_memory=pack_memory,
                             run_memory=run_memory, once=once, auto_resume=auto_resume, executor=executor,
@@ -458,7 +492,10 @@ def worker(
     prepared = prepare_worker(home_dir, options)  # every option checked, here and now, before anything starts
     if detach:
         pid, log = start_detached_worker(home_dir, options)
-        typer.echo(f"worker started in the background: pid {pid}, log {log}")
+        if as_json:
+            print_json({"pid": pid, "log": str(log)})
+        else:
+            typer.echo(f"worker started in the background: pid {pid}, log {log}")
         return
     prepared.run()
 
@@ -481,12 +518,15 @@ def worker_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
 
 
 @worker_app.command("stop")
-def worker_stop(home: HomeOption = None) -> None:
+def worker_stop(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Stop every worker of this home; their running runs become interrupted (resumable)."""
     from engine.worker import stop_workers
 
     stopped = stop_workers(resolve_home(home))
-    typer.echo(f"stopped {len(stopped)} worker(s)" if stopped else "no worker running")
+    if as_json:
+        print_json({"stopped": stopped})
+    else:
+        typer.echo(f"stopped {len(stopped)} worker(s)" if stopped else "no worker running")
 
 
 # --- compare
@@ -525,6 +565,9 @@ def compare(
         check_choice(chart, CHARTS, "chart")
     if plot is not None and plot.suffix.lower() not in FIGURE_SUFFIXES:  # refused before any output
         raise BadInput(f"--plot writes {' or '.join(FIGURE_SUFFIXES)} files, got {plot.name!r}")
+    if chart is not None and plot is None and output_format != "table":  # it would be dropped unseen
+        raise BadInput(f"--chart {chart} draws in the terminal only under --format table; "
+                       f"add --plot FILE.svg to write it beside --format {output_format}")
     row_names, col_names = _names(rows, "--rows"), _names(cols, "--cols")
     filters = parse_filters([*where, *([f"preset={preset}"] if preset else [])])
     baseline_cell = ({key: convert_value(key, value) for key, value in parse_assignments(baseline.split(",")).items()}
@@ -558,6 +601,10 @@ def _names(text: str, option: str) -> list[str]:
     if not all(names):
         raise BadInput(f"{option} {text!r} has an empty name; give field names separated by commas")
     return names
+
+
+# --- commands on single runs (tui_app/commands_runs.py): log, rerun, diff, tag, untag, note, history rm
+register_run_commands(app, history_app)
 
 
 def main() -> None:
