@@ -1,9 +1,10 @@
-"""Checks that a run can start, cheap enough for `queue add` and the queue form: the model
-name is known and the dataset's files are where the worker will look.
+"""Checks that a run can start, before anything is written.
 
-`run` makes the same checks (engine.train.loop.check_runnable) and then loads the data.
+`queue add` and the queue form make the cheap ones (check_queueable): the model name is
+known and the dataset's files are where the worker will look. `run` makes the full ones
+(check_runnable), which also load the data and plan the budget, and hands that data on.
 Must not import torch at import time: timm is imported only for a model name that is not
-one of ours, to ask timm's registry.
+one of ours, to ask timm's registry, and the training engine only by check_runnable.
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.config import MODELS, RunConfig
 from engine.errors import BadInput, DatasetFilesMissing
+from engine.train.budget import plan_budget
+
+if TYPE_CHECKING:
+    from engine.train.prepare import RunData
 
 # dataset -> (folder under the data root, train files, test files), as the loaders read them.
 DATASET_FILES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
@@ -116,3 +122,34 @@ def check_queueable(configs: Iterable[RunConfig], data_root: Path) -> None:
         if key not in seen:
             seen.add(key)
             check_dataset_files(config, data_root)
+
+
+def check_runnable(config: RunConfig, data_root: Path, data: RunData | None = None) -> RunData:
+    """Fail with BadInput now, before anything is written, if the run cannot start:
+    unknown model, no CUDA, missing dataset files, a budget under one batch. Returns the
+    data (loaded here unless already given)."""
+    from engine.train.prepare import load_run_data, resolve_device  # torch: a run is about to start
+
+    resolve_device(config.device)
+    check_model_known(config.model)
+    data = data if data is not None else load_run_data(config, data_root)
+    try:
+        plan_budget(config, data[0].train_images.shape[0])
+    except ValueError as error:
+        raise BadInput(str(error)) from error
+    return data
+
+
+def check_all_runnable(configs: list[RunConfig], data_root: Path) -> list[RunData]:
+    """check_runnable for a sweep; configs that read the same data share one loaded copy."""
+    loaded: dict[tuple, RunData] = {}
+    result = []
+    for config in configs:
+        key = (config.dataset, config.data_path, config.image_size, config.download,
+               config.val_size, config.split_seed)
+        if key not in loaded:
+            loaded[key] = check_runnable(config, data_root)
+        else:
+            check_runnable(config, data_root, data=loaded[key])
+        result.append(loaded[key])
+    return result

@@ -1,4 +1,4 @@
-"""Tests of engine.train.budget: steps per budget (SPEC §2) and the learning-rate schedules."""
+"""Tests of engine.train.budget: steps per budget (docs/methods.md, Budget and schedule) and the learning-rate schedules."""
 
 import pytest
 
@@ -17,7 +17,7 @@ def _config(**changes) -> RunConfig:
 
 
 def _spec_linear_lr(step: int, total: int, lr: float, lr_min: float) -> float:
-    # SPEC §2, written out independently of the engine.
+    # docs/methods.md, Budget and schedule, written out independently of the engine.
     return lr - (step - 1) * (lr - lr_min) / (total - 1)
 
 

@@ -1,5 +1,5 @@
 """Tests for engine.train.models: every registered model builds through timm and trains a step,
-the paper's ResNet-18 has the SPEC architecture and cost, and FLOP counting is side-effect free."""
+the paper's ResNet-18 has the reference architecture and cost, and FLOP counting is side-effect free."""
 
 import pytest
 import timm

@@ -188,7 +188,7 @@ def scoring_sampler():
                 yield Batch(candidates[losses.argsort(descending=True)[:size]])
 
     yield calls
-    del samplers.SAMPLERS["test-scoring"]
+    samplers.SAMPLERS.unregister("test-scoring")
 
 
 def test_scoring_forwards_are_counted_in_the_summary(scoring_sampler, tmp_path: Path):
