@@ -13,11 +13,12 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from engine.atomic import write_atomic
 from engine.config import RunConfig
 from engine.errors import BadInput, BudgetTuiError
+from engine.events import EventHandler, RunSummary, TrainingEvent
 from engine.paths import PROGRESS_NAME, TRACEBACK_NAME, run_dir
 from engine.processes import process_identity
 from engine.records import RunState
@@ -34,9 +35,9 @@ def execute_run(
     config: RunConfig,
     *,
     data_root: Path,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_event: EventHandler | None = None,
     data: Any = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Train run `run_id` (recorded as running: claimed by a worker or inserted by `run`)
     in this process, keeping its record up to date; returns the summary.
 
@@ -57,7 +58,7 @@ def execute_run(
 
         progress = ProgressWriter(folder / PROGRESS_NAME)
 
-        def handle(event: dict[str, Any]) -> None:
+        def handle(event: TrainingEvent) -> None:
             if on_event is not None:
                 on_event(event)
             progress.update(event)
@@ -128,7 +129,7 @@ class Interrupted(Exception):
     """Raised in a run's process when it is asked to stop (SIGTERM); the run is resumable."""
 
 
-def compact_summary(summary: dict[str, Any]) -> dict[str, Any]:
+def compact_summary(summary: RunSummary) -> dict[str, Any]:
     """The summary kept in the store: the plan is derivable and stays in summary.json."""
     return {key: value for key, value in summary.items() if key != "plan"}
 
@@ -144,7 +145,7 @@ class ProgressWriter:
         self.start_step: int | None = None  # first step seen by this process, for the rate
         self.state: dict[str, Any] = {}
 
-    def update(self, event: dict[str, Any]) -> None:
+    def update(self, event: TrainingEvent) -> None:
         kind = event["event"]
         if kind == "start":
             self.state.update(steps=event["plan"]["total_steps"], epochs=event["plan"]["epochs"],

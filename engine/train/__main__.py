@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine.config import RunConfig
 from engine.errors import BudgetTuiError
+from engine.events import TrainingEvent
 from engine.paths import resolve_data_root, resolve_home
 
 
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     from engine.train.loop import train
 
-    def print_event(event: dict) -> None:
+    def print_event(event: TrainingEvent) -> None:
         if event["event"] != "step":
             print(json.dumps(event, default=str), flush=True)
 
