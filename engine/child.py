@@ -16,6 +16,7 @@ from pathlib import Path
 
 from engine.config import RunConfig
 from engine.errors import BudgetTuiError
+from engine.events import TrainingEvent
 from engine.paths import history_path, resolve_data_root
 from engine.records import TransitionRefused
 from engine.runs import Interrupted, event_line, execute_run
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None, *, supervised_by_scheduler: bool = False
             os._exit(128 + signum)
         raise Interrupted("stopped by SIGTERM")
 
-    def print_event(event: dict) -> None:
+    def print_event(event: TrainingEvent) -> None:
         line = event_line(event)
         if line is not None:
             print(line, flush=True)

@@ -1,9 +1,10 @@
-"""Checks that a run can start, cheap enough for `queue add` and the queue form: the model
-name is known and the dataset's files are where the worker will look.
+"""Checks that a run can start, before anything is written.
 
-`run` makes the same checks (engine.train.loop.check_runnable) and then loads the data.
-Must not import torch at import time: timm is imported only for a model name that is not
-one of ours, to ask timm's registry.
+`queue add` and the queue form make these cheap ones (check_queueable): the model name is
+known and the dataset's files are where the worker will look. `run` makes the full ones
+(engine.train.preflight.check_runnable), which also load the data and plan the budget.
+Must not import torch: timm is imported only for a model name that is not one of ours, to
+ask timm's registry. The training engine's data module reads the file locations from here.
 """
 
 from __future__ import annotations

@@ -13,11 +13,12 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from engine.atomic import write_atomic
 from engine.config import RunConfig
 from engine.errors import BadInput, BudgetTuiError, NotFound
+from engine.events import EventHandler, RunSummary, TrainingEvent
 from engine.paths import LOG_NAME, PROGRESS_NAME, TRACEBACK_NAME, run_dir
 from engine.processes import process_identity
 from engine.records import RunState, TransitionRefused, change_state, now
@@ -34,10 +35,10 @@ def execute_run(
     config: RunConfig,
     *,
     data_root: Path,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_event: EventHandler | None = None,
     data: Any = None,
     log_as: str | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Train run `run_id` (recorded as running: claimed by a worker or inserted by `run`)
     in this process, keeping its record up to date; returns the summary.
 
@@ -63,7 +64,7 @@ def execute_run(
 
         progress = ProgressWriter(folder / PROGRESS_NAME)
 
-        def handle(event: dict[str, Any]) -> None:
+        def handle(event: TrainingEvent) -> None:
             if on_event is not None:
                 on_event(event)
             progress.update(event)
@@ -111,7 +112,7 @@ def finish_if_running(store: Store, run_id: int, state: RunState, **fields: Any)
         return True
 
 
-def event_line(event: dict[str, Any]) -> str | None:
+def event_line(event: TrainingEvent) -> str | None:
     """The line a run's log keeps for an event: the event as JSON, but none for steps (they
     only feed progress.json, and would make the log as long as the run)."""
     return None if event["event"] == "step" else json.dumps(event, default=str)
@@ -138,7 +139,7 @@ class RunLog:
             self.file.write(line + "\n")
             self.file.flush()  # `budget-tui log -f` shows it as it happens
 
-    def event(self, event: dict[str, Any]) -> None:
+    def event(self, event: TrainingEvent) -> None:
         line = event_line(event)
         if line is not None:
             self.write(line)
@@ -206,7 +207,7 @@ class Interrupted(Exception):
     """Raised in a run's process when it is asked to stop (SIGTERM); the run is resumable."""
 
 
-def compact_summary(summary: dict[str, Any]) -> dict[str, Any]:
+def compact_summary(summary: RunSummary) -> dict[str, Any]:
     """The summary kept in the store: the plan is derivable and stays in summary.json."""
     return {key: value for key, value in summary.items() if key != "plan"}
 
@@ -222,7 +223,7 @@ class ProgressWriter:
         self.start_step: int | None = None  # first step seen by this process, for the rate
         self.state: dict[str, Any] = {}
 
-    def update(self, event: dict[str, Any]) -> None:
+    def update(self, event: TrainingEvent) -> None:
         kind = event["event"]
         if kind == "start":
             self.state.update(steps=event["plan"]["total_steps"], epochs=event["plan"]["epochs"],

@@ -7,12 +7,14 @@ from engine.config import RunConfig
 import torch.nn.functional as F
 
 from engine.train.augment import (
+    AUGMENTATIONS,
     AugmentedBatch,
     StandardAugmentation,
     create_augmentation,
     per_sample_loss,
     random_crop_flip,
 )
+from engine.train.augment import crop_flip
 
 
 def _distinct_images(batch: int, channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -137,6 +139,26 @@ def test_standard_augmentation_wraps_the_crop_with_identity_sources():
     assert len(batch.sources) == 1
     assert torch.equal(batch.sources[0], torch.arange(8))
     assert batch.label_weights is None
+
+
+@pytest.mark.parametrize("name", list(AUGMENTATIONS))
+def test_every_augmentation_crops_and_flips_each_view_once(name, monkeypatch):
+    """The standard crop/flip runs under every other augmentation (docs/methods.md,
+    Augmentations): once per image, with the run's padding and the dataset's flip, and
+    its output is the view (RandAugment's ops come before it)."""
+    crops = []
+
+    def spy(images, padding, flip, generator):
+        crops.append(((images.shape, padding, flip), random_crop_flip(images, padding, flip, generator)))
+        return crops[-1][1]
+
+    monkeypatch.setattr(crop_flip, "random_crop_flip", spy)
+    images = _distinct_images(8, 3, 8, 8)
+    augmentation = create_augmentation(name, RunConfig(crop_padding=3), flip=True)
+    views = augmentation.views(images, torch.Generator().manual_seed(2))
+    ((arguments, cropped),) = crops
+    assert arguments == (images.shape, 3, True)
+    assert torch.equal(views, cropped)
 
 
 def test_per_sample_loss_standard_is_cross_entropy():

@@ -1,5 +1,4 @@
-"""Tests of engine.train.budget: steps per budget and the learning-rate schedules (docs/methods.md,
-Budget and schedule)."""
+"""Tests of engine.train.budget: steps per budget (docs/methods.md, Budget and schedule) and the learning-rate schedules."""
 
 import pytest
 

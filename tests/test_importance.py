@@ -1,4 +1,5 @@
-"""Tests of engine.train.importance: p-sgd, c-sgd and infobatch (docs/methods.md, Samplers)."""
+"""Tests of p-sgd, c-sgd (engine.train.samplers.difficulty) and infobatch
+(engine.train.samplers.infobatch); docs/methods.md, Samplers."""
 
 import json
 import math
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine.train.importance as importance  # registers the samplers
+import engine.train.samplers.difficulty as difficulty
 from engine.config import RunConfig
 from engine.train.augment import Credit
 from engine.train.budget import plan_budget
@@ -59,7 +60,8 @@ def test_probabilities_follow_the_spec_formulas():
     count, total = scores.numel(), scores.sum()
     smoothed = sampling_probabilities(scores, smoothing=True)
     torch.testing.assert_close(smoothed, 0.5 * scores / total + 0.5 / count)
-    # The same smoothing put another way: add mean(s) to every score, then normalise.
+    # docs/methods.md's wording: scores smoothed by their mean, i.e. add mean(s) to every
+    # score, then normalise.
     shifted = scores + scores.mean()
     torch.testing.assert_close(smoothed, shifted / shifted.sum())
     torch.testing.assert_close(sampling_probabilities(scores, smoothing=False), scores / total)
@@ -75,7 +77,7 @@ def test_the_draw_uses_sampling_probabilities_of_the_scores(name, monkeypatch):
         calls.append((scores.clone(), smoothing))
         return sampling_probabilities(scores, smoothing)
 
-    monkeypatch.setattr(importance, "sampling_probabilities", spy)
+    monkeypatch.setattr(difficulty, "sampling_probabilities", spy)
     sampler = _make(_config(name, score_smoothing=False), 40)
     # Exactly k = 20 samples score above 0 (difficulty 0 scores 0 under both transforms).
     chosen = torch.arange(0, 40, 2)

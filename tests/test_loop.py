@@ -1,5 +1,5 @@
-"""Tests of engine.train.loop: reproducibility, resume, accounting (docs/methods.md, Compute accounting)
-and the outputs."""
+"""Tests of engine.train.loop: reproducibility, resume, accounting (docs/methods.md, Compute
+accounting) and the outputs."""
 
 import json
 import math
@@ -15,14 +15,9 @@ from engine.paths import CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, USAGE_NAME
 from engine.presets import get_preset
 from engine.train.budget import plan_budget
 from engine.train.data import load_dataset
-from engine.train.loop import (
-    Accounting,
-    check_runnable,
-    evaluate,
-    summarise,
-    train,
-    usage_entropy,
-)
+from engine.train.preflight import check_runnable
+from engine.train.accounting import Accounting, summarise, usage_entropy
+from engine.train.loop import evaluate, train
 from engine.train.models import build_model, forward_flops_per_sample
 
 DIGITS_TRAIN = 1437

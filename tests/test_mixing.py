@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from engine.config import RunConfig
 from engine.train import augment
+from engine.train.augment import mixing, rand_augment
 from engine.train.augment import (
     AUGMENTATIONS,
     RANDAUGMENT_OPS,
@@ -122,7 +123,7 @@ def test_mixup_with_lambda_one_is_the_identity(monkeypatch):
     assert torch.equal(batch.label_weights[0], torch.ones(16))
     assert torch.equal(batch.label_weights[1], torch.zeros(16))
     # The registered augmentation, its lambda forced to 1, without crop and flip.
-    monkeypatch.setattr(augment, "sample_beta", lambda *arguments: torch.tensor(1.0))
+    monkeypatch.setattr(mixing, "sample_beta", lambda *arguments: torch.tensor(1.0))
     batch = _augment("mixup", images, flip=False, crop_padding=0)
     assert torch.equal(batch.images, images.float())
     assert torch.equal(batch.label_weights[0], torch.ones(16))
@@ -382,7 +383,7 @@ def test_whole_batch_path_matches_the_compacting_path(monkeypatch):
     for seed in range(3):
         compacted = augment.randaugment(images, 2, 9, torch.Generator().manual_seed(seed))
         with monkeypatch.context() as patch:
-            patch.setattr(augment, "_COMPACTING_DEVICES", ())
+            patch.setattr(rand_augment, "_COMPACTING_DEVICES", ())
             whole = augment.randaugment(images, 2, 9, torch.Generator().manual_seed(seed))
         assert torch.equal(compacted, whole)
 

@@ -1,4 +1,5 @@
-"""Tests of engine.train.selection: sb's percentile rule and budget, ub's tau switch and weights."""
+"""Tests of the scoring samplers sb (engine.train.samplers.selective_backprop) and ub
+(engine.train.samplers.upper_bound): sb's percentile rule and budget, ub's tau switch and weights."""
 
 import json
 import math
@@ -7,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine.train.selection  # noqa: F401  registers sb and ub
 from engine.config import RunConfig
 from engine.train.augment import Credit
 from engine.train.budget import plan_budget
@@ -15,11 +15,10 @@ from engine.train.data import load_dataset
 from engine.paths import CHECKPOINT_NAME, METRICS_NAME
 from engine.train.loop import train
 from engine.train.samplers import SAMPLERS, Batch, Sampler, Scorer, create_sampler, sampling_probabilities
-from engine.train.selection import (
+from engine.train.samplers.selective_backprop import loss_percentile, selection_probability
+from engine.train.samplers.upper_bound import (
     gradient_norm_scores,
     importance_draw,
-    loss_percentile,
-    selection_probability,
     tau_threshold,
     variance_reduction,
 )

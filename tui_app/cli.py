@@ -185,7 +185,7 @@ def run(
     chosen = get_preset(preset, home_dir)
     configs = chosen.grid_configs(assignments, seeds=seeds)
     # Everything that can be wrong with the input is found before anything is written.
-    from engine.train.loop import check_all_runnable
+    from engine.train.preflight import check_all_runnable
 
     datasets = check_all_runnable(configs, resolve_data_root(data_root, home_dir))
 

@@ -5,10 +5,10 @@ Fed with the engine's events; never touches torch.
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from engine.events import TrainingEvent
 
 
 class RunProgress:
@@ -36,7 +36,7 @@ class RunProgress:
     def __exit__(self, *exc_info: object) -> None:
         self.progress.stop()
 
-    def update(self, event: dict[str, Any]) -> None:
+    def update(self, event: TrainingEvent) -> None:
         kind = event["event"]
         if kind in ("start", "resume"):
             plan = event.get("plan")

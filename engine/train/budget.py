@@ -1,4 +1,5 @@
-"""Budget arithmetic and learning-rate schedules (SPEC §2), in plain Python.
+"""Budget arithmetic and learning-rate schedules (docs/methods.md, Budget and schedule),
+in plain Python.
 
 A budget b turns the nominal schedule (epochs x full data) into a number of optimiser
 steps; the LR schedule spans exactly those steps. A ScheduleClock places each step of the

@@ -253,7 +253,8 @@ class StridedCNN(ClassifierNet):
 def cifar_resnet18(
     pretrained: bool = False, num_classes: int = 10, in_chans: int = 3, **kwargs: Any
 ) -> nn.Module:
-    """ResNet-18, CIFAR stem (SPEC section 2): about 11.17 M parameters, 0.556 GMAC at 32 px."""
+    """ResNet-18, CIFAR stem (docs/methods.md, Budget and schedule): about 11.17 M
+    parameters, 0.556 GMAC at 32 px."""
     kwargs = _model_kwargs("cifar_resnet18", pretrained, kwargs)
     return CifarResNet((2, 2, 2, 2), num_classes=num_classes, in_chans=in_chans, **kwargs)
 

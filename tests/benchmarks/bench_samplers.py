@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-import engine.train.importance  # noqa: F401  registers p-sgd, c-sgd, infobatch
 from bench_engine import engine_epoch_times, interleaved_stats, synthetic_cifar
 from engine.config import RunConfig
 from engine.train.data import load_dataset

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-import engine.train.selection  # noqa: F401  registers sb and ub
 from bench_engine import synthetic_cifar
 from engine.config import RunConfig
 from engine.train.data import DatasetSplits, load_dataset

@@ -1,4 +1,4 @@
-"""Samplers: which training samples each optimiser step uses, behind a registry.
+"""What every sampler shares: the batch it yields, the Scorer, the base class and the registry.
 
 A sampler yields the batches of one epoch as device index tensors (and optional
 per-sample loss weights). Per-sample state (scores, visit counts) lives on the device and
@@ -15,9 +15,9 @@ from typing import Callable, ClassVar, Iterator, NamedTuple
 import torch
 
 from engine.config import RunConfig
-from engine.errors import BadInput
-from engine.train.augment import Credit
+from engine.train.augment.credit import Credit
 from engine.train.budget import BudgetPlan
+from engine.train.registry import Registry
 
 
 class Batch(NamedTuple):
@@ -128,8 +128,9 @@ class Sampler:
 def sampling_probabilities(scores: torch.Tensor, smoothing: bool) -> torch.Tensor:
     """P_i from non-negative scores: s_i / sum(s), or with smoothing 0.5 * s_i / sum(s) + 0.5 / N.
 
-    SPEC §3 words smoothing as "add mean(s) to every score, then normalise"; that is the
-    same distribution: (s_i + sum/N) / (sum + N * sum/N) = 0.5 * s_i / sum + 0.5 / N.
+    docs/methods.md (Samplers) smooths the scores by their mean: add mean(s) to every
+    score, then normalise. That is the same distribution:
+    (s_i + sum/N) / (sum + N * sum/N) = 0.5 * s_i / sum + 0.5 / N.
     All-zero scores give the uniform distribution (decided on the device, no host sync).
     """
     uniform = 1.0 / scores.numel()
@@ -138,63 +139,12 @@ def sampling_probabilities(scores: torch.Tensor, smoothing: bool) -> torch.Tenso
     return 0.5 * shares + 0.5 * uniform if smoothing else shares
 
 
-SAMPLERS: dict[str, type[Sampler]] = {}
-
-
-def register_sampler(name: str) -> Callable[[type[Sampler]], type[Sampler]]:
-    def decorate(cls: type[Sampler]) -> type[Sampler]:
-        cls.name = name
-        SAMPLERS[name] = cls
-        return cls
-
-    return decorate
+SAMPLERS: Registry[type[Sampler]] = Registry("sampler")
+register_sampler = SAMPLERS.register
 
 
 def create_sampler(
     name: str, num_samples: int, plan: BudgetPlan, batch_size: int, generator: torch.Generator,
     config: RunConfig,
 ) -> Sampler:
-    if name not in SAMPLERS:
-        raise BadInput(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
-    return SAMPLERS[name](num_samples, plan, batch_size, generator, config)
-
-
-@register_sampler("sgd")
-class FullDataSampler(Sampler):
-    """The whole training set, reshuffled every epoch."""
-
-    def epoch_batches(self, epoch: int, scorer: Scorer) -> Iterator[Batch]:
-        return self._slices(self._permutation(self.num_samples))
-
-
-@register_sampler("unif-sgd")
-class UniformSubsetSampler(Sampler):
-    """k samples drawn uniformly without replacement, re-drawn every epoch.
-
-    The first k entries of a fresh permutation are such a draw; drop_last then uses the
-    first steps_per_epoch * batch_size of them, in that (random) order.
-    """
-
-    def epoch_batches(self, epoch: int, scorer: Scorer) -> Iterator[Batch]:
-        return self._slices(self._permutation(self.num_samples)[: self.plan.samples_per_epoch])
-
-
-@register_sampler("random-subset")
-class FixedSubsetSampler(Sampler):
-    """One uniform subset of k samples drawn in the first epoch, reshuffled and reused."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.subset = self.register_state(
-            "subset", torch.full((self.plan.samples_per_epoch,), -1, dtype=torch.long, device=self.device)
-        )
-
-    def epoch_batches(self, epoch: int, scorer: Scorer) -> Iterator[Batch]:
-        if epoch == 0:
-            self.subset.copy_(self._permutation(self.num_samples)[: self.plan.samples_per_epoch])
-        return self._slices(self.subset[self._permutation(self.plan.samples_per_epoch)])
-
-
-# The importance samplers live in their own modules; importing them here registers them
-# wherever the registry is used.
-from engine.train import importance, selection  # noqa: E402,F401
+    return SAMPLERS.lookup(name)(num_samples, plan, batch_size, generator, config)
