@@ -267,18 +267,24 @@ def test_queue_a_preset_from_the_form_see_it_in_the_queue_and_cancel_it(tmp_path
         await settle(pilot)
         (record,) = runs_in(tmp_path)
         assert (record["state"], record["preset"], record["config"]["epochs"]) == ("queued", "digits-quick", 15)
-        assert any("queued 1 run" in text for text in toasts(app))
+        assert any(f"queued 1 run (id {record['id']})" in text for text in toasts(app))
 
         await pilot.press("2")
         await settle(pilot)
         table = app.screen.query_one(RunTable)
         assert table.keys == [str(record["id"])]
         assert cell_text(table.cells(str(record["id"]))["state"]) == "queued"
-        await pilot.press("c")
+        await pilot.press("c")  # a queued run: no question asked
         await settle(pilot)
         assert runs_in(tmp_path)[0]["state"] == "cancelled"
-        assert table.keys == []
-        assert "the queue is empty" in table.empty_hint
+        # The cancelled run stays below the queue, so r reaches it.
+        assert table.keys == [str(record["id"])] and table.cursor_key == str(record["id"])
+        assert cell_text(table.cells(str(record["id"]))["state"]) == "cancelled"
+        assert shown(app, "#queue-summary").strip() == "0 running · 0 queued · 0 interrupted · 1 finished last"
+        await pilot.press("r")
+        await settle(pilot)
+        assert runs_in(tmp_path)[0]["state"] == "queued"
+        assert cell_text(table.cells(str(record["id"]))["state"]) == "queued"
 
     drive(tmp_path, scenario)
 
@@ -346,16 +352,16 @@ def test_a_problem_between_fields_is_shown_under_the_form(tmp_path):
     assert not history_path(tmp_path).exists()
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"dataset": "cifar10"}, "cifar10 files missing in"),
-    ({"seeds": "1000000000"}, "at most 10000 runs"),
+@pytest.mark.parametrize("fields, message, where", [
+    ({"dataset": "cifar10"}, "cifar10 files missing in", "#error-dataset"),  # under the field it names
+    ({"seeds": "1000000000"}, "at most 10000 runs", "#form-summary"),
 ])
-def test_the_form_runs_the_pre_flight_checks_of_queue_add(tmp_path, fields, message):
+def test_the_form_runs_the_pre_flight_checks_of_queue_add(tmp_path, fields, message, where):
     async def scenario(app, pilot):
         await open_preset_form(app, pilot, "digits-quick")
         for key, value in fields.items():
             await set_field(app, pilot, key, value)
-        assert message in shown(app, "#form-summary")
+        assert message in shown(app, where)
         await pilot.press("ctrl+s")
         await settle(pilot)
         assert type(app.screen).__name__ == "QueueFormScreen"
@@ -403,12 +409,13 @@ def test_queue_shows_live_progress_and_updates_rows_in_place(home):
         await pilot.press("2")
         await settle(pilot)
         table = app.screen.query_one(RunTable)
-        assert table.keys == ["19", "21", "20", "18"]  # running, queue order (priority first), interrupted
+        # Running, queue order (priority first), interrupted, then the last five finished, latest first.
+        assert table.keys == ["19", "21", "20", "18", "22", "17", "16", "15", "14"]
         running = {key: cell_text(value) for key, value in table.cells("19").items()}
         assert (running["acc"], running["rate"], running["eta"]) == ("91.2%", "5,321", "0:05:00")
-        assert running["progress"].endswith("40%")
-        assert cell_text(table.cells("18")["progress"]) == "resumable"
-        assert shown(app, "#queue-summary").strip() == "1 running · 2 queued · 1 interrupted"
+        assert running["state"].endswith("40%")  # a running run's state is its progress bar
+        assert cell_text(table.cells("18")["state"]) == "resumable"
+        assert shown(app, "#queue-summary").strip() == "1 running · 2 queued · 1 interrupted · 5 finished last"
 
         table.move_to("20")
         progress = json.loads((home / "19" / PROGRESS_NAME).read_text())
@@ -416,7 +423,7 @@ def test_queue_shows_live_progress_and_updates_rows_in_place(home):
         (home / "19" / PROGRESS_NAME).write_text(json.dumps(progress))
         app.request_refresh()
         await settle(pilot)
-        assert table.keys == ["19", "21", "20", "18"] and table.cursor_key == "20"
+        assert table.keys[:4] == ["19", "21", "20", "18"] and table.cursor_key == "20"
         assert (cell_text(table.cells("19")["acc"]), cell_text(table.cells("19")["eta"])) == ("95.0%", "0:01:00")
 
     drive(home, scenario)
@@ -434,7 +441,7 @@ def test_queue_priority_and_retry_write_the_store(home):
             await pilot.press("minus")
             await settle(pilot)
         assert Store(history_path(home)).get_run(21)["priority"] == -1
-        assert table.keys == ["19", "20", "21", "18"] and table.cursor_key == "21"
+        assert table.keys[:4] == ["19", "20", "21", "18"] and table.cursor_key == "21"
         await pilot.press("plus")
         await settle(pilot)
         assert Store(history_path(home)).get_run(21)["priority"] == 0
@@ -521,15 +528,18 @@ def test_history_filters_sorts_and_draws_sparklines(home):
         await settle(pilot)
         assert shown(app, ".filter-bar .field-error").strip() == ""
         assert sorted(table.keys, key=int) == ["11", "12", "15", "16"]
-        assert shown(app, "#history-summary").strip() == "4 of 19 finished runs"
+        assert shown(app, "#history-summary").strip() == (
+            "4 of 19 finished runs · sorted by id, newest first (s: next column, S: reverse)")
         assert table.has_focus
 
-        await pilot.press("s")  # id -> final accuracy, best first
+        await pilot.press("s", "s")  # the columns left to right: id -> state -> final accuracy, best first
         await settle(pilot)
         assert table.keys == ["12", "11", "16", "15"]
+        assert "sorted by acc, best first" in shown(app, "#history-summary")
         await pilot.press("S")
         await settle(pilot)
         assert table.keys == ["15", "16", "11", "12"]
+        assert "sorted by acc, worst first" in shown(app, "#history-summary")
 
     drive(home, scenario)
 
@@ -675,8 +685,15 @@ def test_start_and_stop_the_worker_from_the_queue_screen(tmp_path):
         (worker,) = live_workers(tmp_path)
         app.request_refresh()
         await settle(pilot)
-        assert app.sub_title == f"worker: running (pid {worker['pid']}, inherit)"
-        await pilot.press("W")
+        assert app.sub_title == f"worker: running (pid {worker['pid']}, CUDA_VISIBLE_DEVICES inherited)"
+        await pilot.press("W")  # a worker runs: asked first, and n leaves it running
+        await settle(pilot)
+        assert type(app.screen).__name__ == "ConfirmScreen"
+        assert f"Stop the worker (pid {worker['pid']})?" in shown(app, "#confirm-question")
+        await pilot.press("n")
+        await settle(pilot)
+        assert live_workers(tmp_path) and type(app.screen).__name__ == "QueueScreen"
+        await pilot.press("W", "y")
         await settle(pilot)
         assert not live_workers(tmp_path)
         assert app.sub_title == "worker: stopped"
