@@ -182,14 +182,20 @@ def log_line(line: str) -> str:
     if kind == "resume":
         return f"resume after epoch {event.get('epoch', '?')} (step {event.get('step', '?')})"
     if kind == "epoch":
-        return (f"epoch {event.get('epoch', '?')}/{event.get('total_epochs', '?')} · "
-                f"step {event.get('step', '?')}/{event.get('total_steps', '?')} · "
-                f"train loss {event.get('train_loss', float('nan')):.4f} · "
-                f"test acc {percent(event.get('test_acc'), 2)} · {rate(event.get('images_per_s'))} images/s")
+        parts = [f"epoch {event.get('epoch', '?')}" + (f"/{event['total_epochs']}" if "total_epochs" in event else "")]
+        if "step" in event:
+            parts.append(f"step {event['step']}" + (f"/{event['total_steps']}" if "total_steps" in event else ""))
+        if isinstance(event.get("train_loss"), (int, float)):
+            parts.append(f"train loss {event['train_loss']:.4f}")
+        if isinstance(event.get("test_acc"), (int, float)):
+            parts.append(f"test acc {percent(event['test_acc'], 2)}")
+        if isinstance(event.get("images_per_s"), (int, float)):
+            parts.append(f"{rate(event['images_per_s'])} images/s")
+        return " · ".join(parts)
     if kind == "done" and isinstance(event.get("summary"), dict):
         summary = event["summary"]
         return (f"done: final test acc {percent(summary.get('final_test_acc'), 2)} "
-                f"after {summary.get('steps', '?')} steps in {summary.get('time_total_s', 0):.1f} s")
+                f"after {summary.get('steps', '?')} steps")
     details = ", ".join(f"{key} {value}" for key, value in event.items() if key != "event")
     return f"{kind}: {details}" if details else str(kind)
 
@@ -206,7 +212,7 @@ class RunDetailScreen(AppScreen):
     BINDINGS = [
         Binding("escape,backspace", "back", "back", tooltip="Back to the list"),
         Binding("R", "resume", "resume", tooltip="Resume or retry this run (queue.retry)"),
-        Binding("c", "cancel", "cancel", tooltip="Cancel this run"),
+        Binding("c", "cancel", "cancel", tooltip="Cancel this run (asks first if it is running)"),
     ]
 
     class Loaded(Message):
