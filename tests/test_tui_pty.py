@@ -64,8 +64,10 @@ def test_budget_tui_in_a_terminal_switches_screens_opens_a_run_and_quits(tmp_pat
         assert "help" in first.splitlines()[-1]  # the footer shows the keys
 
         pane.press("2")
-        queue = pane.wait_for("1 running · 2 queued · 1 interrupted")
-        assert "5,321" in queue and "resumable" in queue
+        queue = pane.wait_for("1 running · 2 queued · 1 interrupted · 5 finished last")
+        # At 80 columns the rate and accuracy make way for seed, priority and preset.
+        assert "40%" in queue and "interrupted" in queue and "cancelled" in queue
+        assert all(label in queue.splitlines()[3] for label in ("seed", "prio", "preset"))
 
         pane.press("3")
         pane.wait_for("19 finished runs", "cancelled")
