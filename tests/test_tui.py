@@ -794,7 +794,10 @@ def test_the_queue_button_shows_its_whole_label(tmp_path, size):
         from textual.widgets import Button
 
         await open_preset_form(app, pilot, "digits-quick")
-        await set_field(app, pilot, "seeds", "1000")
+        await set_field(app, pilot, "seeds", "")
+        for digit in "1000":  # typed: the label grows a character at a time, each one checked
+            await pilot.press(digit)
+            await settle(pilot)
         button = app.screen.query_one("#submit", Button)
         assert str(button.label) == "Queue 1000 runs"
         await pilot.pause()

@@ -87,3 +87,18 @@ def test_budget_tui_in_a_terminal_switches_screens_opens_a_run_and_quits(tmp_pat
         assert status.read_text().strip() == "0"
     finally:
         pane.close()
+
+
+def test_the_queue_button_in_a_terminal_grows_with_its_label(tmp_path):
+    """Typed one key at a time in a real terminal, the label outgrew a button that kept its
+    first width ("Queue 1000" with "runs" cut off)."""
+    pane = Pane(tmp_path, f"env TERM=xterm-256color {BUDGET_TUI} --home {tmp_path}")
+    try:
+        pane.wait_for("digits-quick", "worker: stopped")
+        # At a person's pace, so each key lands where a person's would.
+        for key in ("Down", "Down", "Down", "Enter", "Tab", "Tab", "Tab", "C-u", *"1000"):
+            pane.press(key)
+            time.sleep(0.3)
+        pane.wait_for("1000 runs of digits-quick", "Queue 1000 runs")
+    finally:
+        pane.close()
