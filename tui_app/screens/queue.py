@@ -52,7 +52,7 @@ def queue_cells(record: dict[str, Any], progress: dict[str, Any], now: dt.dateti
     status: str | Text = state_text(state)
     if is_starting(record, progress):
         status = Text("starting…", style="yellow")
-    elif running and state == RUNNING:
+    elif state == RUNNING:  # (a Slurm job still waiting shows its own state instead)
         status = progress_bar(progress.get("step", 0), progress["steps"], 12)
     return {
         "id": str(record["id"]), "state": status,
@@ -66,7 +66,7 @@ def queue_cells(record: dict[str, Any], progress: dict[str, Any], now: dt.dateti
 
 
 def queue_summary(runs: list[dict[str, Any]], progress: dict[int, dict[str, Any]]) -> str:
-    """`1 running · 2 queued · 1 interrupted · 5 finished`, a run still starting named as such."""
+    """`1 running · 2 queued · 1 interrupted · 5 finished last`, runs still starting named as such."""
     starting = sum(is_starting(record, progress.get(record["id"], {})) for record in runs)
     counts = {state: sum(record["state"] == state for record in runs) for state in (RUNNING, QUEUED, INTERRUPTED)}
     counts[RUNNING] -= starting
