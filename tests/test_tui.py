@@ -869,7 +869,7 @@ def test_compare_at_80x24_scrolls_its_body_and_draws_a_few_curves_a_chart(home):
 
 
 def test_split_curves_keeps_every_curve_and_at_most_four_a_chart():
-    from engine.plots import Chart, Series
+    from engine.analysis.plots import Chart, Series
     from tui_app.screens.compare import split_curves
 
     curves = Chart("curves", "steps", "acc", [Series(f"c{index}", [1, 2], [3, 4], [0.1, 0.2]) for index in range(6)])
