@@ -29,7 +29,7 @@ def parse_filters(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise BadInput(f"expected key=value in --where, got {pair!r}")
+            raise BadInput(f"expected key=value, got {pair!r}")
         if key in RECORD_FILTER_KEYS or key == "note":
             filters[key] = value.strip()
         elif key == "tag":
@@ -38,7 +38,7 @@ def parse_filters(pairs: list[str]) -> dict[str, Any]:
             filters[key] = ",".join(dict.fromkeys([*earlier, *named]))
         elif key in CHOICES and value.strip() not in CHOICES[key]:
             # A value no run can have is a typo: name the valid ones rather than match nothing.
-            raise BadInput(f"--where {key}={value.strip()!r} is not valid; choose one of: {', '.join(CHOICES[key])}")
+            raise BadInput(f"{key}={value.strip()!r} is not valid; choose one of: {', '.join(CHOICES[key])}")
         elif key in field_types():
             filters[key] = convert_value(key, value.strip())
         else:

@@ -212,22 +212,49 @@ def compact_summary(summary: RunSummary) -> dict[str, Any]:
     return {key: value for key, value in summary.items() if key != "plan"}
 
 
+ETA_MIN_REPORTS = 3  # step reports before an ETA is given: the first steps carry the warm-up
+
+
+class EtaClock:
+    """Remaining time from the average rate since training began in this process (after the
+    data loaded; a resumed run counts from its checkpoint's step). It moves steadily, where a
+    rate over the last few steps jumps with warm-up and evaluations; None until
+    ETA_MIN_REPORTS step reports are in. `run`'s progress bar and progress.json both use it."""
+
+    def __init__(self) -> None:
+        self.start: tuple[int, float] | None = None  # (step, moment) when training began
+        self.reports = 0
+
+    def begin(self, step: int, moment: float) -> None:
+        self.start, self.reports = (step, moment), 0
+
+    def observe(self, step: int, total: int, moment: float) -> float | None:
+        """One more report of the step reached; the ETA in seconds, or None as yet."""
+        self.reports += 1
+        if self.start is None or not total or self.reports < ETA_MIN_REPORTS:
+            return None
+        first_step, first_moment = self.start
+        done = step - first_step
+        return max(total - step, 0) * (moment - first_moment) / done if done > 0 else None
+
+
 class ProgressWriter:
     """Keeps <run dir>/progress.json current (at most every PROGRESS_MIN_INTERVAL_S, and at
     every epoch end); its `updated_at` doubles as the run's heartbeat."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.started = time.monotonic()
         self.last_write = 0.0
-        self.start_step: int | None = None  # first step seen by this process, for the rate
+        self.eta = EtaClock()
         self.state: dict[str, Any] = {}
 
     def update(self, event: TrainingEvent) -> None:
         kind = event["event"]
+        moment = time.monotonic()
         if kind == "start":
             self.state.update(steps=event["plan"]["total_steps"], epochs=event["plan"]["epochs"],
-                              epoch=event["epoch"], device=event["device"])
+                              epoch=event["epoch"], device=event["device"], eta_s=None)
+            self.eta.begin(self.state.get("step", 0), moment)
         elif kind == "resume":
             self.state.update(step=event["step"], epoch=event["epoch"])
         elif kind == "step":
@@ -237,23 +264,12 @@ class ProgressWriter:
                               train_loss=event["train_loss"], images_per_s=event["images_per_s"])
         else:
             return
-        moment = time.monotonic()
+        if kind in ("step", "epoch"):
+            self.state["eta_s"] = self.eta.observe(self.state["step"], self.state.get("steps", 0), moment)
         if kind == "epoch" or moment - self.last_write >= PROGRESS_MIN_INTERVAL_S:
             self.last_write = moment
-            self.state["eta_s"] = self._eta(moment)
             self.state["updated_at"] = time.time()
             write_json_atomic(self.path, self.state, sync=False)  # a progress note, cheap to lose
-
-    def _eta(self, moment: float) -> float | None:
-        """Remaining time from the rate of steps done since this process started."""
-        step, total = self.state.get("step", 0), self.state.get("steps", 0)
-        if self.start_step is None:
-            self.start_step = step
-            return None
-        done = step - self.start_step
-        if done <= 0:
-            return None
-        return (total - step) * (moment - self.started) / done
 
 
 def read_progress(record: dict[str, Any]) -> dict[str, Any]:

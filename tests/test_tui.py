@@ -267,18 +267,24 @@ def test_queue_a_preset_from_the_form_see_it_in_the_queue_and_cancel_it(tmp_path
         await settle(pilot)
         (record,) = runs_in(tmp_path)
         assert (record["state"], record["preset"], record["config"]["epochs"]) == ("queued", "digits-quick", 15)
-        assert any("queued 1 run" in text for text in toasts(app))
+        assert any(f"queued 1 run (id {record['id']})" in text for text in toasts(app))
 
         await pilot.press("2")
         await settle(pilot)
         table = app.screen.query_one(RunTable)
         assert table.keys == [str(record["id"])]
         assert cell_text(table.cells(str(record["id"]))["state"]) == "queued"
-        await pilot.press("c")
+        await pilot.press("c")  # a queued run: no question asked
         await settle(pilot)
         assert runs_in(tmp_path)[0]["state"] == "cancelled"
-        assert table.keys == []
-        assert "the queue is empty" in table.empty_hint
+        # The cancelled run stays below the queue, so r reaches it.
+        assert table.keys == [str(record["id"])] and table.cursor_key == str(record["id"])
+        assert cell_text(table.cells(str(record["id"]))["state"]) == "cancelled"
+        assert shown(app, "#queue-summary").strip() == "0 running · 0 queued · 0 interrupted · 1 finished last"
+        await pilot.press("r")
+        await settle(pilot)
+        assert runs_in(tmp_path)[0]["state"] == "queued"
+        assert cell_text(table.cells(str(record["id"]))["state"]) == "queued"
 
     drive(tmp_path, scenario)
 
@@ -346,16 +352,16 @@ def test_a_problem_between_fields_is_shown_under_the_form(tmp_path):
     assert not history_path(tmp_path).exists()
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"dataset": "cifar10"}, "cifar10 files missing in"),
-    ({"seeds": "1000000000"}, "at most 10000 runs"),
+@pytest.mark.parametrize("fields, message, where", [
+    ({"dataset": "cifar10"}, "cifar10 files missing in", "#error-dataset"),  # under the field it names
+    ({"seeds": "1000000000"}, "at most 10000 runs", "#form-summary"),
 ])
-def test_the_form_runs_the_pre_flight_checks_of_queue_add(tmp_path, fields, message):
+def test_the_form_runs_the_pre_flight_checks_of_queue_add(tmp_path, fields, message, where):
     async def scenario(app, pilot):
         await open_preset_form(app, pilot, "digits-quick")
         for key, value in fields.items():
             await set_field(app, pilot, key, value)
-        assert message in shown(app, "#form-summary")
+        assert message in shown(app, where)
         await pilot.press("ctrl+s")
         await settle(pilot)
         assert type(app.screen).__name__ == "QueueFormScreen"
@@ -403,12 +409,13 @@ def test_queue_shows_live_progress_and_updates_rows_in_place(home):
         await pilot.press("2")
         await settle(pilot)
         table = app.screen.query_one(RunTable)
-        assert table.keys == ["19", "21", "20", "18"]  # running, queue order (priority first), interrupted
+        # Running, queue order (priority first), interrupted, then the last five finished, latest first.
+        assert table.keys == ["19", "21", "20", "18", "22", "17", "16", "15", "14"]
         running = {key: cell_text(value) for key, value in table.cells("19").items()}
         assert (running["acc"], running["rate"], running["eta"]) == ("91.2%", "5,321", "0:05:00")
-        assert running["progress"].endswith("40%")
-        assert cell_text(table.cells("18")["progress"]) == "resumable"
-        assert shown(app, "#queue-summary").strip() == "1 running · 2 queued · 1 interrupted"
+        assert running["state"].endswith("40%")  # a running run's state is its progress bar
+        assert cell_text(table.cells("18")["state"]) == "interrupted"
+        assert shown(app, "#queue-summary").strip() == "1 running · 2 queued · 1 interrupted · 5 finished last"
 
         table.move_to("20")
         progress = json.loads((home / "19" / PROGRESS_NAME).read_text())
@@ -416,7 +423,7 @@ def test_queue_shows_live_progress_and_updates_rows_in_place(home):
         (home / "19" / PROGRESS_NAME).write_text(json.dumps(progress))
         app.request_refresh()
         await settle(pilot)
-        assert table.keys == ["19", "21", "20", "18"] and table.cursor_key == "20"
+        assert table.keys[:4] == ["19", "21", "20", "18"] and table.cursor_key == "20"
         assert (cell_text(table.cells("19")["acc"]), cell_text(table.cells("19")["eta"])) == ("95.0%", "0:01:00")
 
     drive(home, scenario)
@@ -434,7 +441,7 @@ def test_queue_priority_and_retry_write_the_store(home):
             await pilot.press("minus")
             await settle(pilot)
         assert Store(history_path(home)).get_run(21)["priority"] == -1
-        assert table.keys == ["19", "20", "21", "18"] and table.cursor_key == "21"
+        assert table.keys[:4] == ["19", "20", "21", "18"] and table.cursor_key == "21"
         await pilot.press("plus")
         await settle(pilot)
         assert Store(history_path(home)).get_run(21)["priority"] == 0
@@ -480,7 +487,8 @@ def test_a_failed_run_shows_its_outcome_and_traceback(home):
         await settle(pilot)
         assert "failed: RuntimeError: CUDA out of memory (exit code 1)" in shown(app, "#detail-state")
         assert "loss.backward()" in shown(app, "#detail-traceback")
-        assert '"event": "epoch"' in shown(app, "#detail-log")
+        log = shown(app, "#detail-log")
+        assert "--- start on cpu\nepoch 1\n" in log and '"event"' not in log  # events read as words, not JSON
 
     drive(home, scenario)
 
@@ -521,15 +529,18 @@ def test_history_filters_sorts_and_draws_sparklines(home):
         await settle(pilot)
         assert shown(app, ".filter-bar .field-error").strip() == ""
         assert sorted(table.keys, key=int) == ["11", "12", "15", "16"]
-        assert shown(app, "#history-summary").strip() == "4 of 19 finished runs"
+        assert shown(app, "#history-summary").strip() == (
+            "4 of 19 finished runs · sorted by id, newest first (s: next column, S: reverse)")
         assert table.has_focus
 
-        await pilot.press("s")  # id -> final accuracy, best first
+        await pilot.press("s", "s")  # the columns left to right: id -> state -> final accuracy, best first
         await settle(pilot)
         assert table.keys == ["12", "11", "16", "15"]
+        assert "sorted by acc, best first" in shown(app, "#history-summary")
         await pilot.press("S")
         await settle(pilot)
         assert table.keys == ["15", "16", "11", "12"]
+        assert "sorted by acc, worst first" in shown(app, "#history-summary")
 
     drive(home, scenario)
 
@@ -675,8 +686,15 @@ def test_start_and_stop_the_worker_from_the_queue_screen(tmp_path):
         (worker,) = live_workers(tmp_path)
         app.request_refresh()
         await settle(pilot)
-        assert app.sub_title == f"worker: running (pid {worker['pid']}, inherit)"
-        await pilot.press("W")
+        assert app.sub_title == f"worker: running (pid {worker['pid']}, CUDA_VISIBLE_DEVICES inherited)"
+        await pilot.press("W")  # a worker runs: asked first, and n leaves it running
+        await settle(pilot)
+        assert type(app.screen).__name__ == "ConfirmScreen"
+        assert f"Stop the worker (pid {worker['pid']})?" in shown(app, "#confirm-question")
+        await pilot.press("n")
+        await settle(pilot)
+        assert live_workers(tmp_path) and type(app.screen).__name__ == "QueueScreen"
+        await pilot.press("W", "y")
         await settle(pilot)
         assert not live_workers(tmp_path)
         assert app.sub_title == "worker: stopped"
@@ -694,6 +712,362 @@ def test_importing_the_app_loads_no_training_or_plotting_stack():
     assert loaded == ""
 
 
+# --- what a user trial found (one test or more per finding)
+def test_the_form_checks_a_typed_model_as_queue_add_does_and_queues_nothing(tmp_path):
+    """The trial's keys: presets, the fourth preset (digits-quick), its form, the model field."""
+    async def scenario(app, pilot):
+        from textual.widgets import Input
+
+        await pilot.press("1", "down", "down", "down", "enter")
+        await settle(pilot)
+        await pilot.press("tab", "tab", "tab", "tab")
+        assert app.focused is app.screen.query_one("#field-model", Input)
+        await pilot.press(*"foo_net", "ctrl+s")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "QueueFormScreen"
+        assert "unknown model 'foo_net'" in shown(app, "#error-model")
+        assert shown(app, "#form-summary").startswith("fix the field marked above")
+
+    drive(tmp_path, scenario)
+    assert not history_path(tmp_path).exists()
+
+
+def test_the_form_queues_nothing_while_its_check_is_still_running(tmp_path, monkeypatch):
+    import threading
+
+    import tui_app.screens.queue_form
+    from engine.errors import BadInput
+
+    looked_up = threading.Event()
+    release = threading.Event()
+
+    def slow_lookup(name: str) -> None:  # timm's model list takes seconds to load
+        if name != "small_cnn":
+            looked_up.set()
+            release.wait(10)
+            raise BadInput(f"unknown model {name!r}")
+
+    monkeypatch.setattr(tui_app.screens.queue_form, "check_model_known", slow_lookup)
+
+    async def scenario(app, pilot):
+        from textual.widgets import Button, Input
+
+        await open_preset_form(app, pilot, "digits-quick")
+        app.screen.query_one("#field-model", Input).value = "slow_net"
+        await pilot.pause(0.5)
+        assert looked_up.is_set()
+        assert shown(app, "#form-summary").startswith("checking…")
+        assert app.screen.query_one("#submit", Button).disabled
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.1)
+        release.set()
+        await settle(pilot)
+        assert "unknown model 'slow_net'" in shown(app, "#error-model")
+        assert type(app.screen).__name__ == "QueueFormScreen"
+
+    try:
+        drive(tmp_path, scenario)
+    finally:
+        release.set()
+    assert not history_path(tmp_path).exists()
+
+
+def test_more_refuses_a_field_set_above_and_names_every_error(tmp_path):
+    async def scenario(app, pilot):
+        await open_preset_form(app, pilot, "digits-quick")
+        await set_field(app, pilot, "more", "lr=0.1 sampler=p-sgd,unif-sgd")
+        assert "sampler has its own field above: set it there" in shown(app, "#error-more")
+        await set_field(app, pilot, "more", "colour=red epochs=many lr=0.1 budget=0.2")
+        errors = shown(app, "#error-more")
+        assert "unknown config key 'colour'" in errors and "epochs" in errors and "budget has its own field" in errors
+        await pilot.press("ctrl+s")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "QueueFormScreen"
+
+    drive(tmp_path, scenario)
+    assert not history_path(tmp_path).exists()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_queue_button_shows_its_whole_label(tmp_path, size):
+    async def scenario(app, pilot):
+        from textual.widgets import Button
+
+        await open_preset_form(app, pilot, "digits-quick")
+        await set_field(app, pilot, "seeds", "")
+        for digit in "1000":  # typed: the label grows a character at a time, each one checked
+            await pilot.press(digit)
+            await settle(pilot)
+        button = app.screen.query_one("#submit", Button)
+        assert str(button.label) == "Queue 1000 runs"
+        await pilot.pause()
+        assert button.content_region.width >= len("Queue 1000 runs")
+
+    drive(tmp_path, scenario, SIZES[size])
+
+
+def test_cancelling_a_running_run_or_stopping_the_worker_asks_first(home, monkeypatch):
+    import engine.queue
+
+    stopped = []
+    monkeypatch.setattr(engine.queue, "terminate_group", lambda process, grace_s: stopped.append(process["pid"]))
+
+    async def scenario(app, pilot):
+        from tui_app.widgets.run_table import RunTable
+
+        await pilot.press("2")
+        await settle(pilot)
+        table = app.screen.query_one(RunTable)
+        assert table.cursor_key == "19"
+        await pilot.press("c")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "ConfirmScreen"
+        assert shown(app, "#confirm-question").startswith("Cancel run 19? It is running")
+        await pilot.press("n")
+        await settle(pilot)
+        assert Store(history_path(home)).get_run(19)["state"] == "running" and not stopped
+        await pilot.press("c", "y")
+        await settle(pilot)
+        assert Store(history_path(home)).get_run(19)["state"] == "cancelled" and stopped == [os.getpid()]
+        assert cell_text(table.cells("19")["state"]) == "cancelled"  # still listed, so r reaches it
+        await pilot.press("W")  # no worker runs: nothing to ask
+        await settle(pilot)
+        assert type(app.screen).__name__ == "QueueScreen"
+        assert any("no worker running" in text for text in toasts(app))
+
+    drive(home, scenario)
+
+
+def test_compare_at_80x24_scrolls_its_body_and_draws_a_few_curves_a_chart(home):
+    async def scenario(app, pilot):
+        from textual.containers import ScrollableContainer
+
+        from tui_app.widgets.chart_view import ChartView
+
+        await pilot.press("4")
+        await settle(pilot)
+        body = app.screen.query_one("#compare-body", ScrollableContainer)
+        assert app.focused is body
+        await pilot.press("pagedown")
+        assert body.scroll_y > 0
+        await pilot.press("end")
+        await pilot.pause()
+        assert body.scroll_y == body.max_scroll_y > 0
+        await pilot.press("right")
+        await pilot.pause()
+        assert body.scroll_x > 0  # the pivot is wider than 80 columns
+        curves = list(app.screen.query(".curve-chart").results(ChartView))
+        assert len(curves) == 2  # eight curves: two charts of four
+        for view in curves:
+            assert len(view.chart.series) == 4 and all(series.yerr is None for series in view.chart.series)
+        legend = plain(app.screen.query_one("#budget-chart", ChartView).render())
+        for label in ("unif-sgd / standard", "unif-sgd / mixup", "p-sgd / standard", "p-sgd / mixup"):
+            assert label in legend
+        assert "…" not in legend
+
+    drive(home, scenario, (80, 24))
+
+
+def test_split_curves_keeps_every_curve_and_at_most_four_a_chart():
+    from engine.analysis.plots import Chart, Series
+    from tui_app.screens.compare import split_curves
+
+    curves = Chart("curves", "steps", "acc", [Series(f"c{index}", [1, 2], [3, 4], [0.1, 0.2]) for index in range(6)])
+    charts = split_curves(curves)
+    assert [[series.label for series in chart.series] for chart in charts] == [["c0", "c1", "c2"], ["c3", "c4", "c5"]]
+    assert [chart.title for chart in charts] == ["curves (1 of 2)", "curves (2 of 2)"]
+    assert split_curves(Chart("one", "x", "y", curves.series[:2]))[0].title == "one"
+
+
+def test_the_queue_at_80_columns_keeps_seed_priority_and_preset_and_scrolls_by_column(home):
+    async def scenario(app, pilot):
+        from tui_app.widgets.run_table import RunTable
+
+        await pilot.press("2")
+        await settle(pilot)
+        table = app.screen.query_one(RunTable)
+        assert [column.key for column in table.shown_columns] == [
+            "id", "state", "eta", "sampler", "budget", "aug", "seed", "prio", "preset"]
+        assert table.virtual_size.width <= table.scrollable_content_region.width  # nothing past the edge
+
+        await pilot.press("3")
+        await settle(pilot)
+        table = app.screen.query_one(RunTable)
+        await pilot.press("right")
+        await pilot.pause()
+        assert table.scroll_offset.x == 6  # the id column and its space
+        await pilot.press("right")
+        await pilot.pause()
+        assert table.scroll_offset.x == 6 + 12
+        await pilot.press("left")
+        await pilot.pause()
+        assert table.scroll_offset.x == 6
+
+    drive(home, scenario, (80, 24))
+
+
+def test_a_resumed_run_shows_no_stale_progress_and_a_starting_run_says_why(home):
+    Store(history_path(home)).update_run(19, started_at=(NOW - dt.timedelta(seconds=12)).isoformat())
+
+    async def scenario(app, pilot):
+        from tui_app.screens.run_detail import RunDetailScreen
+        from tui_app.widgets.run_table import RunTable
+
+        await pilot.press("2")
+        await settle(pilot)
+        cells = {key: cell_text(value) for key, value in app.screen.query_one(RunTable).cells("19").items()}
+        # progress.json is the last attempt's (written before this one started): not shown.
+        assert (cells["state"], cells["acc"], cells["eta"]) == ("starting…", "-", "~")
+        assert "1 starting: loading torch…" in shown(app, "#queue-summary")
+        await app.push_screen(RunDetailScreen(19, "queue"))
+        await settle(pilot)
+        assert "starting: loading torch… (12 s so far)" in shown(app, "#detail-state")
+
+    drive(home, scenario)
+
+
+def test_the_eta_shows_a_tilde_until_the_engine_has_an_estimate(home):
+    progress = json.loads((home / "19" / PROGRESS_NAME).read_text())
+    (home / "19" / PROGRESS_NAME).write_text(json.dumps({**progress, "eta_s": None}))
+
+    async def scenario(app, pilot):
+        from tui_app.widgets.run_table import RunTable
+
+        await pilot.press("2")
+        await settle(pilot)
+        assert cell_text(app.screen.query_one(RunTable).cells("19")["eta"]) == "~"
+
+    drive(home, scenario)
+
+
+def test_the_eta_comes_from_the_average_rate_since_training_began(tmp_path, monkeypatch):
+    import engine.runs
+
+    now = [0.0]
+    monkeypatch.setattr(engine.runs.time, "monotonic", lambda: now[0])
+    writer = engine.runs.ProgressWriter(tmp_path / PROGRESS_NAME)
+    now[0] = 6.0  # the data took 6 s to load
+    writer.update({"event": "start", "plan": {"total_steps": 100, "epochs": 2}, "epoch": 0, "device": "cpu"})
+    etas = []
+    for step in (10, 20, 30, 40):
+        now[0] += 1.0
+        writer.update({"event": "step", "epoch": 1, "step": step, "total_steps": 100})
+        etas.append(writer.state["eta_s"])
+    # Nothing for the first reports (warm-up), then the remaining steps at the average rate:
+    # ten steps a second since training began, not counting the data loading.
+    assert etas == [None, None, 7.0, 6.0]
+
+
+def test_the_run_commands_progress_bar_uses_the_same_steady_eta(monkeypatch):
+    import tui_app.progress
+
+    clock = iter(float(second) for second in range(100))
+    monkeypatch.setattr(tui_app.progress.time, "monotonic", lambda: next(clock))
+    bar = tui_app.progress.RunProgress("run 1")
+    bar.update({"event": "start", "plan": {"total_steps": 100, "epochs": 1}, "device": "cpu"})
+    shown_etas = []
+    for step in (10, 20, 30):
+        bar.update({"event": "step", "epoch": 1, "step": step, "total_steps": 100})
+        shown_etas.append(bar.progress.tasks[0].fields["eta"])
+    assert shown_etas == ["~", "~", "0:00:07"]
+
+
+def test_history_sort_keeps_narrow_labels_says_its_order_and_filters_speak_plainly(home):
+    async def scenario(app, pilot):
+        from tui_app.widgets.run_table import RunTable
+
+        await pilot.press("3")
+        await settle(pilot)
+        table = app.screen.query_one(RunTable)
+        for _ in range(6):  # id -> state -> acc -> sampler -> budget -> aug -> seed, as the columns run
+            await pilot.press("s")
+        await settle(pilot)
+        assert table.sorted_by == ("seed", False)
+        header = table._header_text().plain
+        assert "▲seed" in header  # the label whole, the arrow in the space before it
+        assert "sorted by seed, lowest first" in shown(app, "#history-summary")
+
+        await pilot.press("slash", *"sampler=magic")
+        await settle(pilot)
+        error = shown(app, ".filter-bar .field-error")
+        assert "sampler='magic' is not valid; choose one of" in error and "--where" not in error
+        app.screen.query_one(".filter-bar Input").value = "oops"
+        await settle(pilot)
+        assert shown(app, ".filter-bar .field-error").strip() == "expected key=value, got 'oops'"
+        app.screen.query_one(".filter-bar Input").value = "sampler=sb"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert shown(app, "#history-summary").startswith("1 of 19 finished runs ·")
+
+    drive(home, scenario)
+
+
+def test_the_palette_lists_every_screens_actions_before_textuals_own(home):
+    async def scenario(app, pilot):
+        from textual.command import CommandList
+
+        await pilot.press("ctrl+p")
+        await settle(pilot)
+        await pilot.pause(0.5)
+        titles = [str(option.prompt).split("\n")[0] for option in app.screen.query_one(CommandList).options]
+        assert titles[:4] == ["Go to compare", "Go to history", "Go to presets", "Go to queue"]
+        for action in ("Queue: Cancel the selected run (asks first if it is running)", "History: Sort by the next column",
+                       "Compare: Compare the next metric", "Start a worker in the background"):
+            assert action in titles
+        ours = max(titles.index(title) for title in titles if title.startswith(("Queue:", "History:", "Compare:")))
+        assert all(titles.index(generic) > ours for generic in ("Theme", "Keys", "Copy selected text"))
+        await pilot.press(*"sort by the next column", "enter")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "HistoryScreen" and app.screen.sort.column == "state"
+
+    drive(home, scenario)
+
+
+def test_worker_slots_and_counts_read_as_words():
+    from tui_app.app import worker_status
+    from tui_app.screens.history import runs_word
+
+    assert worker_status([{"pid": 7, "slots": ["inherit"]}]) == "worker: running (pid 7, CUDA_VISIBLE_DEVICES inherited)"
+    assert worker_status([{"pid": 7, "slots": ["gpu 0", "gpu 1"]}]) == "worker: running (pid 7, gpu 0, gpu 1)"
+    assert (runs_word(1), runs_word(2)) == ("1 finished run", "2 finished runs")
+
+
+def test_the_log_tail_reads_as_words():
+    from tui_app.screens.run_detail import log_line
+
+    start = {"event": "start", "plan": {"total_steps": 279, "epochs": 3, "steps_per_epoch": 93}, "device": "cpu",
+             "epoch": 0}
+    epoch = {"event": "epoch", "total_epochs": 3, "total_steps": 279, "epoch": 1, "step": 93, "train_loss": 0.93008,
+             "test_acc": 0.7684, "images_per_s": 2262.28}
+    assert log_line(json.dumps(start)) == "start on cpu: 279 steps in 3 epochs of 93"
+    assert log_line(json.dumps(epoch)) == "epoch 1/3 · step 93/279 · train loss 0.9301 · test acc 76.84% · 2,262 images/s"
+    assert log_line(json.dumps({"event": "resume", "epoch": 2, "step": 186})) == "resume after epoch 2 (step 186)"
+    assert log_line(json.dumps({"event": "done", "summary": {"final_test_acc": 0.8542, "steps": 279}})) == (
+        "done: final test acc 85.42% after 279 steps")
+    assert log_line("--- 2025-03-01T12:00:00+00:00 start on cpu") == "--- 2025-03-01T12:00:00+00:00 start on cpu"
+    assert log_line('["not", "an", "event"]') == '["not", "an", "event"]'
+
+
+def test_flops_read_the_same_in_compare_and_in_a_runs_detail(home):
+    async def scenario(app, pilot):
+        from textual.widgets import DataTable, Select
+
+        from tui_app.screens.run_detail import RunDetailScreen
+
+        await pilot.press("4")
+        await settle(pilot)
+        app.screen.query_one("#metric", Select).value = "flops_train"
+        await settle(pilot)
+        pivot = app.screen.query_one("#pivot", DataTable)
+        assert str(pivot.get_row_at(0)[1]) == "120G±0 base"  # 6 epochs x 2e10 FLOPs
+        await app.push_screen(RunDetailScreen(16, "history"))
+        await settle(pilot)
+        assert "120 GFLOP" in shown(app, "#detail-state")
+        assert app.screen.query_one("#detail-chart").chart.x_label == "optimiser steps"
+
+    drive(home, scenario)
+
+
 # --- snapshots: every screen at 80x24 and 120x40
 SNAPSHOT_KEYS = {
     "presets": ["end", "up"],  # mini-study: the user preset with a grid
@@ -705,6 +1079,8 @@ SNAPSHOT_KEYS = {
     "run_detail_done": ["3", "down", "down", "down", "enter"],
     "run_detail_failed": ["3", "down", "down", "enter"],
     "help": ["question_mark"],
+    "confirm_cancel": ["2", "c"],  # run 19 is running: asked first
+    "compare_end": ["4", "end"],  # the body scrolled to its last chart
 }
 
 

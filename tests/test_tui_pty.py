@@ -64,8 +64,10 @@ def test_budget_tui_in_a_terminal_switches_screens_opens_a_run_and_quits(tmp_pat
         assert "help" in first.splitlines()[-1]  # the footer shows the keys
 
         pane.press("2")
-        queue = pane.wait_for("1 running · 2 queued · 1 interrupted")
-        assert "5,321" in queue and "resumable" in queue
+        queue = pane.wait_for("1 running · 2 queued · 1 interrupted · 5 finished last")
+        # At 80 columns the rate and accuracy make way for seed, priority and preset.
+        assert "40%" in queue and "interrupted" in queue and "cancelled" in queue
+        assert all(label in queue.splitlines()[3] for label in ("seed", "prio", "preset"))
 
         pane.press("3")
         pane.wait_for("19 finished runs", "cancelled")
@@ -83,5 +85,20 @@ def test_budget_tui_in_a_terminal_switches_screens_opens_a_run_and_quits(tmp_pat
         while not status.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert status.read_text().strip() == "0"
+    finally:
+        pane.close()
+
+
+def test_the_queue_button_in_a_terminal_grows_with_its_label(tmp_path):
+    """Typed one key at a time in a real terminal, the label outgrew a button that kept its
+    first width ("Queue 1000" with "runs" cut off)."""
+    pane = Pane(tmp_path, f"env TERM=xterm-256color {BUDGET_TUI} --home {tmp_path}")
+    try:
+        pane.wait_for("digits-quick", "worker: stopped")
+        # At a person's pace, so each key lands where a person's would.
+        for key in ("Down", "Down", "Down", "Enter", "Tab", "Tab", "Tab", "C-u", *"1000"):
+            pane.press(key)
+            time.sleep(0.3)
+        pane.wait_for("1000 runs of digits-quick", "Queue 1000 runs")
     finally:
         pane.close()

@@ -26,7 +26,7 @@ from engine.queue import RUNNING, is_stale, reconcile
 from engine.runs import read_progress
 from engine.store import HistoryCache, Store
 from engine.worker import WorkerOptions, live_workers, start_detached_worker, stop_workers
-from tui_app.screens.base import AppScreen, LatestOnly, Snapshot
+from tui_app.screens.base import AppScreen, ConfirmScreen, LatestOnly, Snapshot
 from tui_app.screens.compare import CompareScreen
 from tui_app.screens.help import HelpScreen
 from tui_app.screens.history import HistoryScreen
@@ -34,6 +34,7 @@ from tui_app.screens.presets import PresetsScreen
 from tui_app.screens.queue import QueueScreen
 from tui_app.screens.queue_form import QueueFormScreen
 from tui_app.screens.run_detail import RunDetailScreen
+from tui_app.widgets.cells import current_progress
 from tui_app.widgets.run_table import RunTable
 
 Clock = Callable[[], dt.datetime]
@@ -43,28 +44,60 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+# What a worker's slot label means, where the label alone does not say it.
+SLOT_WORDS = {"inherit": "CUDA_VISIBLE_DEVICES inherited"}
+
+
 def worker_status(workers: list[dict]) -> str:
     """`worker: running (pid 123, cpu)` or `worker: stopped`, for the header."""
     if not workers:
         return "worker: stopped"
-    described = "; ".join(f"pid {info['pid']}, {', '.join(info.get('slots', [])) or '?'}" for info in workers)
+    described = "; ".join(
+        f"pid {info['pid']}, {', '.join(SLOT_WORDS.get(slot, slot) for slot in info.get('slots', [])) or '?'}"
+        for info in workers)
     return f"worker: running ({described})"
 
 
-class ActionCommands(Provider):
-    """Every action bound to a key on the app or the screen the palette was opened over."""
+Command = tuple[str, str, Callable[[], object]]  # (title, help, what it runs)
 
-    def _commands(self) -> list[tuple[str, str, Callable[[], object]]]:
-        """(title, help, command) per action; an action bound in two places is listed once."""
-        found: dict[str, tuple[str, str, Callable[[], object]]] = {}
+
+class ActionCommands(Provider):
+    """The palette: budget-tui's actions first -- those of the screen in view (and the app's),
+    then every other main screen's, which open that screen and act there -- then Textual's
+    own commands (theme, keys, screenshot)."""
+
+    def _commands(self) -> list[Command]:
+        """Every action once, in the order listed."""
+        app: BudgetTuiApp = self.app  # type: ignore[assignment]
+        ours: dict[str, Command] = {}
+        generic: dict[str, Command] = {}  # bindings Textual's own classes bring (list moves, copy, focus)
         for active in self.screen.active_bindings.values():
             binding = active.binding
             if not active.enabled or not binding.description or binding.action == "command_palette":
                 continue
             title = binding.tooltip or binding.description
-            keys = binding.key_display or self.app.get_key_display(binding)
-            found.setdefault(title, (title, f"key: {keys}", partial(self.app.run_action, binding.action, active.node)))
-        return sorted(found.values())
+            keys = binding.key_display or app.get_key_display(binding)
+            owner = type(active.node)
+            declared_by_us = owner.__module__.startswith("tui_app.") and binding in owner.__dict__.get("BINDINGS", ())
+            (ours if declared_by_us else generic).setdefault(
+                title, (title, f"key: {keys}", partial(app.run_action, binding.action, active.node)))
+        here = sorted(ours.values())
+        elsewhere: list[Command] = []
+        for _, mode, label in app.MAIN_SCREENS:
+            screen_class = app.MODES[mode]
+            if isinstance(self.screen, screen_class):
+                continue
+            for binding in screen_class.BINDINGS:
+                if binding.description and binding.action.partition(".")[0] != "app":
+                    keys = binding.key_display or app.get_key_display(binding)
+                    elsewhere.append((f"{label}: {binding.tooltip or binding.description}",
+                                      f"key: {keys} on the {label.lower()} screen",
+                                      partial(app.run_on_screen, mode, binding.action)))
+        covered = {f"action_{command.args[0]}" for _, _, command in [*here, *generic.values()]}
+        textual_own = [(name, help_text, callback) for name, help_text, callback, discover
+                       in app.get_system_commands(self.screen)
+                       if discover and getattr(callback, "__name__", "") not in covered]
+        return here + elsewhere + sorted(generic.values()) + sorted(textual_own)
 
     async def discover(self) -> Hits:
         for title, help_text, command in self._commands():
@@ -84,7 +117,7 @@ class BudgetTuiApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "budget-tui"
     SUB_TITLE = "worker: …"
-    COMMANDS = App.COMMANDS | {ActionCommands}
+    COMMANDS = {ActionCommands}  # it lists Textual's own commands too, after the app's
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     MAIN_SCREENS = (("1", "presets", "Presets"), ("2", "queue", "Queue"),
                     ("3", "history", "History"), ("4", "compare", "Compare"))
@@ -97,7 +130,7 @@ class BudgetTuiApp(App[None]):
         Binding("q", "quit", "quit", tooltip="Quit budget-tui (runs go on in the worker)"),
         Binding("w", "start_worker", "worker on", show=False, tooltip="Start a worker in the background"),
         Binding("W", "stop_worker", "worker off", show=False,
-                tooltip="Stop the worker (its running runs become interrupted)"),
+                tooltip="Stop the worker (asks first; its running runs become interrupted)"),
     ]
 
     class RunsRefreshed(Message):
@@ -151,7 +184,8 @@ class BudgetTuiApp(App[None]):
             reconcile(self.store)  # a run never stays "running" after its process died
             runs, changed = self._history.runs()
         self._version += changed
-        progress = {record["id"]: read_progress(record) for record in runs if record.get("state") == RUNNING}
+        progress = {record["id"]: current_progress(record, read_progress(record))
+                    for record in runs if record.get("state") == RUNNING}
         return Snapshot(runs=runs, version=self._version, progress=progress, workers=live_workers(self.home),
                         loaded=True)
 
@@ -200,14 +234,33 @@ class BudgetTuiApp(App[None]):
         self.perform(start)
 
     def action_stop_worker(self) -> None:
+        """Stop the worker, after a y/n question when one is known to run: its runs stop too."""
         home = self.home
 
         def stop() -> str:
             stopped = stop_workers(home)
             return f"stopped worker {', '.join(map(str, stopped))}" if stopped else "no worker running"
 
-        self.notify("stopping the worker…")
-        self.perform(stop)
+        def answered(confirmed: bool | None) -> None:
+            if confirmed:
+                self.notify("stopping the worker…")
+                self.perform(stop)
+
+        workers = self.snapshot.workers
+        if not workers:
+            answered(True)
+            return
+        pids = ", ".join(str(info["pid"]) for info in workers)
+        self.push_screen(ConfirmScreen(f"Stop the worker (pid {pids})? Its running runs stop and become "
+                                       f"interrupted (r resumes them from their last checkpoint)."), answered)
+
+    async def run_on_screen(self, mode: str, action: str) -> None:
+        """Open main screen `mode` and run one of its actions there (for the palette)."""
+        await self.switch_mode(mode)
+        screen_class = self.MODES[mode]
+        target = next((screen for screen in reversed(self.screen_stack) if isinstance(screen, screen_class)),
+                      self.screen)
+        await self.run_action(action, target)
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
@@ -217,7 +270,7 @@ class BudgetTuiApp(App[None]):
             ("queue form", QueueFormScreen.BINDINGS), ("queue", QueueScreen.BINDINGS),
             ("history", HistoryScreen.BINDINGS), ("compare", CompareScreen.BINDINGS),
             ("run detail", RunDetailScreen.BINDINGS),
-            ("run tables (↑ ↓ pgup pgdn home end move, ← → scroll)", RunTable.BINDINGS),
+            ("run tables (↑ ↓ pgup pgdn home end move, ← → scroll by a column)", RunTable.BINDINGS),
         ]
         self.push_screen(HelpScreen(sections))
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.analysis.plots import compact_number  # the compare table's formatter: FLOPs read the same in both
+
 
 def format_summary(run_id: int, summary: dict[str, Any]) -> str:
     """A finished run's summary in three or four lines: accuracy, what it cost, where the time went."""
@@ -16,7 +18,7 @@ def format_summary(run_id: int, summary: dict[str, Any]) -> str:
         f"run {run_id}: final test acc {summary['final_test_acc']:.2%} "
         f"(best epoch {summary['best_test_epoch']}: {summary['best_test_acc']:.2%}, chosen on test)",
         f"  {summary['steps']} steps, {summary['samples_backprop']:,} samples backpropagated, "
-        f"{summary['samples_forwarded']:,} forwarded, {summary['flops_train'] / 1e12:.3f} TFLOP, "
+        f"{summary['samples_forwarded']:,} forwarded, {compact_number(summary['flops_train'], unit='FLOP')}, "
         f"{summary['budget_used']:.0%} of the nominal steps",
         f"  time: train {summary['time_train_s']:.1f}s, eval {summary['time_eval_s']:.1f}s, "
         f"overhead {summary['time_overhead_s']:.1f}s; {summary['images_per_s']:,.0f} images/s",

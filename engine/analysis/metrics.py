@@ -31,6 +31,7 @@ class Metric:
     label: str
     percent: bool = False  # stored as a fraction, shown (and exported) in %
     digits: int = 2  # decimals shown in tables
+    compact: bool = False  # shown with an SI prefix (54.8G), as runs' summaries show it
     from_curve: bool = False  # older runs keep it only in metrics.jsonl (last epoch)
     # Computes the value of older runs that lack it from the rest of their record.
     fallback: Callable[[dict[str, Any]], float | None] | None = None
@@ -47,7 +48,7 @@ METRICS: dict[str, Metric] = {
     "images_per_s": Metric("images/s (training)", digits=0),
     "samples_backprop": Metric("samples backpropagated", digits=0),
     "samples_forwarded": Metric("samples forwarded", digits=0),
-    "flops_train": Metric("training FLOPs", digits=0),
+    "flops_train": Metric("training FLOPs", digits=0, compact=True),
     "budget_used": Metric("fraction of the nominal steps", digits=3),
     "flops_budget_used": Metric("training FLOPs / those of the full-budget unif-sgd run", digits=3,
                                 fallback=flops_budget_used),

@@ -12,6 +12,7 @@ from engine.analysis.grouping import (EXECUTION_FIELDS, IGNORED_FIELDS, check_fi
                                       format_value, full_config, group_key, hashable, seed_groups, sort_value,
                                       varying_in_keys)
 from engine.analysis.metrics import DEFAULT_METRIC, METRICS, check_metric, finished_runs, metric_value
+from engine.analysis.plots import compact_number
 from engine.analysis.stats import ALPHA, TEST_NAME, mean_and_std, welch_t_test
 from engine.errors import BadInput, NotFound
 
@@ -80,10 +81,16 @@ class Pivot:
         return sum(cell.duplicates for cell in self.cells.values())
 
     def number(self, value: float | None) -> str:
-        return "" if value is None else f"{value:.{METRICS[self.metric].digits}f}"
+        if value is None:
+            return ""
+        metric = METRICS[self.metric]
+        return compact_number(value) if metric.compact else f"{value:.{metric.digits}f}"
 
     def signed(self, value: float | None) -> str:
-        return "" if value is None else f"{value:+.{METRICS[self.metric].digits}f}"
+        if value is None:
+            return ""
+        metric = METRICS[self.metric]
+        return ("+" if value >= 0 else "") + compact_number(value) if metric.compact else f"{value:+.{metric.digits}f}"
 
     def cell_text(self, row_key: tuple, col_key: tuple) -> str:
         """"94.20 ± 0.81 +1.30*": mean ± std, seeds in brackets when cells differ in n, then

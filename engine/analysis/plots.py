@@ -112,10 +112,11 @@ def render_text(chart: Chart, width: int = 80, height: int = 20, *, color: bool 
         return _join([title, *([(line, None)] for line in _no_data_box(width, height - 1))][:height], width, color)
 
     x_low, x_high, y_low, y_high = _ranges(chart, points)
-    rows = height - 4 - bool(chart.y_label) - bool(chart.x_label)
+    legend = _legend_lines(chart, width, most=max(1, height - 6))  # wrapped, leaving three plot rows
+    rows = height - 3 - len(legend) - bool(chart.y_label) - bool(chart.x_label)
     show_axis_labels = rows >= 3  # a short chart keeps its plot and legend rather than its axis labels
     if not show_axis_labels:
-        rows = max(1, height - 4)
+        rows = max(1, height - 3 - len(legend))
     # Ticks at least two rows apart, so each label names the row it sits on.
     y_values = _axis_ticks(y_low, y_high, log=False, most=max(3, min(5, rows // 2 + 1)))
     y_labels = _tick_labels(y_values)
@@ -145,7 +146,7 @@ def render_text(chart: Chart, width: int = 80, height: int = 20, *, color: bool 
     lines += [*plot, [(" " * (gutter - 1) + "└" + axis_line, None)], [(_tick_line(x_ticks, gutter, width), None)]]
     if show_axis_labels and chart.x_label:
         lines.append([(" " * gutter + chart.x_label.center(columns), None)])
-    lines.append(_legend(chart))
+    lines += legend
     return _join(lines[:height], width, color)
 
 
@@ -352,18 +353,23 @@ def _axis_ticks(low: float, high: float, *, log: bool, most: int = 5) -> list[fl
     return [low, (low + high) / 2, high]
 
 
-def _compact(value: float, digits: int) -> str:
-    """1.2e9 -> "1.2G", 0.95 -> "0.95": tick labels stay a few characters wide."""
+def compact_number(value: float, digits: int = 3, unit: str = "") -> str:
+    """1.2e9 -> "1.2G", 0.95 -> "0.95"; with a unit, 5.48e10 -> "54.8 GFLOP". Tick labels,
+    the compare table's FLOPs and a run's summary all use it, so a number reads the same
+    everywhere."""
     for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= scale:
-            return f"{value / scale:.{digits}g}{suffix}"
-    return f"{value:.{digits}g}"
+            number = f"{value / scale:.{digits}g}"
+            break
+    else:
+        number, suffix = f"{value:.{digits}g}", ""
+    return f"{number} {suffix}{unit}" if unit else f"{number}{suffix}"
 
 
 def _tick_labels(values: list[float]) -> list[str]:
     """As few digits as keep neighbouring ticks apart."""
     for digits in range(3, 10):
-        labels = [_compact(value, digits) for value in values]
+        labels = [compact_number(value, digits) for value in values]
         if len(set(labels)) == len(labels):
             break
     return labels
@@ -381,13 +387,26 @@ def _tick_line(ticks: dict[int, str], gutter: int, width: int) -> str:
     return "".join(text).rstrip()
 
 
-def _legend(chart: Chart) -> Segments:
+def _legend_lines(chart: Chart, width: int, most: int) -> list[Segments]:
+    """The legend wrapped between its entries onto at most `most` lines of `width` cells; an
+    entry too long for a line is cut, and entries left out end the last line with an ellipsis."""
     # A lone bar series has no markers on its bars, so its legend shows the bar itself.
     lone_bars = chart.kind == "bar" and len(chart.series) == 1
     symbols = ["█"] if lone_bars else [MARKERS[index % len(MARKERS)] for index in range(len(chart.series))]
-    title: Segments = [(f"{chart.legend_title}: ", None)] if chart.legend_title else []
-    return title + [(("  " if index else "") + f"{symbol} {series.legend_label}", index)
-                    for index, (symbol, series) in enumerate(zip(symbols, chart.series))]
+    lines: list[Segments] = [[(f"{chart.legend_title}: ", None)] if chart.legend_title else []]
+    entries_on_line = 0
+    for index, (symbol, series) in enumerate(zip(symbols, chart.series)):
+        entry = f"{symbol} {series.legend_label}"
+        used = sum(len(text) for text, _ in lines[-1])
+        if entries_on_line and used + 2 + len(entry) > width:
+            if len(lines) == most:
+                lines[-1].append((" …", None))
+                break
+            lines.append([])
+            entries_on_line = 0
+        lines[-1].append((("  " if entries_on_line else "") + entry, index))
+        entries_on_line += 1
+    return lines
 
 
 def _no_data_box(width: int, rows: int) -> list[str]:

@@ -1,6 +1,7 @@
 """What the main screens share: the frame (header with the worker's state, the screen bar,
-the footer), the latest view of the history that the app hands down, and the one route
-from a failed background job to a notification.
+the footer), the latest view of the history that the app hands down, the one route
+from a failed background job to a notification, and the y/n question asked before an
+action that stops a process.
 """
 
 from __future__ import annotations
@@ -9,19 +10,24 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
 from textual.reactive import reactive
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Header
+from textual.widgets import Footer, Header, Static
 from textual.worker import Worker, WorkerState
 
 from engine import queue
+from engine.slurm import display_state
 from tui_app.widgets.screen_bar import ScreenBar
 
 if TYPE_CHECKING:
     from tui_app.app import BudgetTuiApp
 
 EMPTY_HINT = "no runs yet — pick a preset (1) and press enter"
+# A claimed run writes no progress until its process has imported torch and loaded the data.
+STARTING_HINT = "starting: loading torch…"
 
 
 @dataclass(eq=False)
@@ -43,6 +49,32 @@ class Snapshot:
 
     def run(self, run_id: int) -> dict[str, Any] | None:
         return next((record for record in self.runs if record.get("id") == run_id), None)
+
+
+def is_starting(record: dict[str, Any], progress: dict[str, Any]) -> bool:
+    """Running, not waiting in a Slurm queue, and without progress of this attempt yet."""
+    return display_state(record) == queue.RUNNING and not progress.get("steps")
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A y/n question over the screen; dismissed with True for y, False for n or escape."""
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "yes", tooltip="Yes, do it"),
+        Binding("n,escape", "answer(False)", "no", tooltip="No, leave it as it is"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm"):
+            yield Static(self.question, id="confirm-question")
+            yield Static("y yes · n no", id="confirm-keys")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
 
 
 class LatestOnly:
@@ -109,8 +141,19 @@ class AppScreen(Screen):
 
     # --- run actions shared by the queue, the history and the run detail
     def cancel_run(self, run_id: int) -> None:
+        """Cancel a run; one that is running is stopped, so that is asked first."""
         store = self.budget_app.store
-        self.budget_app.perform(lambda: describe_outcome(queue.cancel(store, [run_id])))
+
+        def cancel(confirmed: bool | None = True) -> None:
+            if confirmed:
+                self.budget_app.perform(lambda: describe_outcome(queue.cancel(store, [run_id])))
+
+        record = self.snapshot.run(run_id)
+        if record is not None and record.get("state") == queue.RUNNING:
+            self.app.push_screen(ConfirmScreen(f"Cancel run {run_id}? It is running: its process is stopped "
+                                               f"(r resumes it later from its last checkpoint)."), cancel)
+        else:
+            cancel()
 
     def retry_run(self, run_id: int) -> None:
         """Queue a failed, cancelled or interrupted run again; it resumes from its checkpoint."""

@@ -47,21 +47,27 @@ def config_value(name: str) -> Callable[[dict[str, Any]], Any]:
     return lambda record: record.get("config", {}).get(name, "")
 
 
-# Sortable columns, in the order `s` cycles through them, with their sort keys.
+# Sortable columns with their sort keys, in the order `s` steps through them: the table's,
+# left to right.
 SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "id": lambda record: record["id"],
+    "state": lambda record: record.get("state", ""),
     "acc": lambda record: final_accuracy(record) if final_accuracy(record) is not None else -1.0,
-    "finished": lambda record: record.get("finished_at") or "",
     "sampler": config_value("sampler"),
     "budget": config_value("budget"),
     "aug": config_value("augmentation"),
     "seed": config_value("seed"),
-    "state": lambda record: record.get("state", ""),
+    "finished": lambda record: record.get("finished_at") or "",
     "preset": lambda record: record.get("preset", ""),
     "dataset": config_value("dataset"),
     "model": config_value("model"),
 }
 NEWEST_FIRST = ("id", "acc", "finished")  # columns whose first sort is descending
+# How each direction reads in the summary line: (descending, ascending).
+SORT_WORDS = {"id": ("newest first", "oldest first"), "finished": ("latest first", "earliest first"),
+              "acc": ("best first", "worst first"), "budget": ("largest first", "smallest first"),
+              "seed": ("highest first", "lowest first")}
+TEXT_ORDER = ("Z to A", "A to Z")
 EMPTY = "no finished runs yet — pick a preset (1) and press enter"
 NO_MATCH = "no run matches the filter"
 
@@ -70,6 +76,16 @@ NO_MATCH = "no run matches the filter"
 class Sort:
     column: str = "id"
     descending: bool = True
+
+    def describe(self) -> str:
+        """"sorted by acc, best first": what the header's arrow means, in words."""
+        label = next(column.label for column in COLUMNS if column.key == self.column)
+        descending, ascending = SORT_WORDS.get(self.column, TEXT_ORDER)
+        return f"sorted by {label}, {descending if self.descending else ascending}"
+
+
+def runs_word(count: int) -> str:
+    return f"{count} finished run{'s' * (count != 1)}"
 
 
 def history_cells(record: dict[str, Any], curve: str, now: dt.datetime) -> Cells:
@@ -117,6 +133,7 @@ class HistoryScreen(AppScreen):
         self.filters: dict[str, Any] = {}
         self.sort = Sort()
         self.records: dict[str, dict[str, Any]] = {}
+        self._finished_count = 0  # finished runs before filtering, at the last build
         self.curves: dict[str, tuple[str | None, str]] = {}  # row key -> (finished_at it belongs to, sparkline)
         self._built_version = -1
         self._builds = LatestOnly(self._build_rows)
@@ -153,11 +170,17 @@ class HistoryScreen(AppScreen):
         table = self.query_one(RunTable)
         table.set_rows(list(self.records), self._cells)
         table.set_empty_hint(self.snapshot.hint(NO_MATCH if message.finished else EMPTY))
-        shown = len(self.records)
-        self.query_one("#history-summary", Static).update(
-            f"{shown} of {message.finished} finished runs" if self.filters else f"{shown} finished runs")
+        self._finished_count = message.finished
+        self._show_summary()
         self._builds.finished()
         self._curve_loads.ask()
+
+    def _show_summary(self) -> None:
+        """`4 of 19 finished runs · sorted by acc, best first (s: next column, S: reverse)`."""
+        shown, finished = len(self.records), self._finished_count
+        count = f"{shown} of {runs_word(finished)}" if self.filters else runs_word(shown)
+        self.query_one("#history-summary", Static).update(
+            f"{count} · {self.sort.describe()} (s: next column, S: reverse)")
 
     def _cells(self, key: str) -> Cells:
         record = self.records[key]
@@ -200,6 +223,7 @@ class HistoryScreen(AppScreen):
     def _sort_by(self, sort: Sort) -> None:
         self.sort = sort
         self.query_one(RunTable).mark_sorted(sort.column, sort.descending)
+        self._show_summary()
         self._builds.ask()
 
     def action_sort(self) -> None:

@@ -1,11 +1,11 @@
 """The queue form: a preset's settings to adjust before its runs are queued.
 
 Every field takes one value or a comma-separated list (a list sweeps the field, like
-`queue add --grid`); "more" takes further `key=value` or `key=v1,v2` settings. As it is
-typed, the form is checked in a thread worker with the engine's own conversions and
-RunConfig validation, field by field and then whole with Preset.grid_configs and the
-pre-flight checks (the path `queue add` takes); a valid form is queued with one
-engine.queue.enqueue call.
+`queue add --grid`); "more" takes further `key=value` or `key=v1,v2` settings, never one
+that has its own field. As it is typed, the form is checked in a thread worker with the
+engine's own conversions and RunConfig validation, field by field and then whole with
+Preset.grid_configs and the pre-flight checks (the path `queue add` takes: model known,
+dataset files present); a valid form is queued with one engine.queue.enqueue call.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from textual.widgets import Button, Input, Label, Static
 from textual.worker import Worker, WorkerState
 
 from engine.config import AUGMENTATIONS, DATASETS, DEVICES, SAMPLERS, RunConfig, parse_assignments, parse_whole_number
-from engine.errors import BadInput
+from engine.errors import BadInput, DatasetFilesMissing
 from engine.paths import resolve_data_root
 from engine.preflight import check_model_known, check_queueable
 from engine.presets import Preset, parse_grid_values
@@ -37,6 +37,7 @@ CONFIG_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model", ()), ("dataset", DATASETS), ("device", DEVICES),
 )
 FIELD_ORDER = ("sampler", "augmentation", "budget", "seeds", "model", "dataset", "device", "priority", "more")
+CHECKING_DELAY_S = 0.25  # a check still running after this (timm's model list loads) says so
 
 
 def check_values(preset: Preset, key: str, text: str) -> list[Any]:
@@ -63,9 +64,22 @@ def check_priority(text: str) -> int:
 
 
 def check_more(preset: Preset, text: str) -> dict[str, list[Any]]:
-    """`key=value key=v1,v2 ...`: further settings, a comma list sweeping its field."""
-    assignments = parse_assignments(text.split())
-    return {key: check_values(preset, key, value) for key, value in assignments.items()}
+    """`key=value key=v1,v2 ...`: further settings, a comma list sweeping its field. A key
+    with its own field above is refused (it would silently override that field). Every
+    setting is checked: BadInput names all that are wrong, one per line."""
+    grid: dict[str, list[Any]] = {}
+    problems: list[str] = []
+    for pair in text.split():
+        try:
+            ((key, value),) = parse_assignments([pair]).items()
+            if key in FIELD_ORDER:
+                raise BadInput(f"{key} has its own field above: set it there, not in more")
+            grid[key] = check_values(preset, key, value)
+        except BadInput as error:
+            problems.append(str(error))
+    if problems:
+        raise BadInput("\n".join(problems))
+    return grid
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,8 @@ def check_form(preset: Preset, texts: dict[str, str], data_root: Path) -> FormCh
     try:
         configs = preset.grid_configs(None, grid, seeds)
         check_queueable(configs, data_root)
+    except DatasetFilesMissing as error:  # shown under the dataset field, as queue add would name it
+        return FormCheck(texts, {"dataset": str(error)}, "fix the field marked above to queue")
     except BadInput as error:
         return FormCheck(texts, problem=str(error))
     return FormCheck(texts, configs=configs, priority=priority)
@@ -123,6 +139,11 @@ def initial_values(preset: Preset) -> dict[str, str]:
 
 def plural(count: int) -> str:
     return f"{count} run{'s' * (count != 1)}"
+
+
+def describe_ids(ids: list[int]) -> str:
+    """"id 7" or "ids 7–12" (enqueue numbers a request's runs one after another)."""
+    return f"id {ids[0]}" if len(ids) == 1 else f"ids {ids[0]}–{ids[-1]}"
 
 
 class QueueFormScreen(AppScreen):
@@ -186,6 +207,19 @@ class QueueFormScreen(AppScreen):
     @on(Input.Changed)
     def _field_changed(self) -> None:
         self._checks.ask()
+        self.set_timer(CHECKING_DELAY_S, self._show_checking)
+
+    def _show_checking(self) -> None:
+        """The verdict shown is for an older form: say it is being checked, and queue nothing
+        until it is (a model name unknown to us is looked up in timm, which takes a while)."""
+        if self.check is not None and self.check.texts == self.texts():
+            return
+        summary = self.query_one("#form-summary", Static)
+        summary.set_class(False, "invalid")
+        summary.update("checking… (an unknown model name is looked up in timm)")
+        submit = self.query_one("#submit", Button)
+        submit.disabled = True
+        submit.label = "Queue"
 
     def _check(self) -> Worker:
         return self._run_check(self.texts())
@@ -218,6 +252,7 @@ class QueueFormScreen(AppScreen):
         else:
             summary.update(check.problem or "")
             submit.label = "Queue"
+        submit.refresh(layout=True)  # a longer label needs a wider button
         if self.submit_when_checked:
             self.submit_when_checked = False
             self.action_submit()
@@ -265,7 +300,6 @@ class QueueFormScreen(AppScreen):
             self.query_one("#submit", Button).disabled = False
 
     def on_queue_form_screen_queued(self, message: Queued) -> None:
-        self.notify(f"queued {plural(len(message.ids))} (ids {message.ids[0]}–{message.ids[-1]}); "
-                    f"2 shows the queue")
+        self.notify(f"queued {plural(len(message.ids))} ({describe_ids(message.ids)}); 2 shows the queue")
         self.budget_app.request_refresh()
         self.dismiss()

@@ -8,6 +8,7 @@ refresh while the run is running.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,9 +29,9 @@ from engine.config import RunConfig
 from engine.history import load_metrics
 from engine.paths import LOG_NAME, TRACEBACK_NAME, run_dir
 from engine.queue import FINISHED, INTERRUPTED, QUEUED, RETRYABLE, RUNNING
-from tui_app.formatting import duration, format_summary, percent, rate
-from tui_app.screens.base import AppScreen, LatestOnly, Snapshot
-from tui_app.widgets.cells import ago, progress_bar, remaining_seconds, sparkline, state_text
+from tui_app.formatting import format_summary, percent, rate
+from tui_app.screens.base import STARTING_HINT, AppScreen, LatestOnly, Snapshot, is_starting
+from tui_app.widgets.cells import ago, eta_text, parse_time, progress_bar, sparkline, state_text
 from tui_app.widgets.chart_view import ChartView
 
 LOG_LINES = 15
@@ -86,15 +87,16 @@ def state_lines(files: RunFiles, progress: dict[str, Any], now: dt.datetime) -> 
     if record.get("attempts", 1) > 1:
         text.append(f" · attempt {record['attempts']}", style="dim")
     text.append(f" · priority {record.get('priority', 0)}\n", style="dim")
-    if state == RUNNING:
-        if progress.get("steps"):
-            text.append_text(progress_bar(progress.get("step", 0), progress["steps"], 24))
-            text.append(f"  epoch {progress.get('epoch', '?')}/{progress.get('epochs', '?')} · "
-                        f"test acc {percent(progress.get('test_acc'))} · "
-                        f"{rate(progress.get('images_per_s'))} images/s · "
-                        f"ETA {duration(remaining_seconds(progress, now))}\n")
-        else:
-            text.append("starting…\n")
+    if is_starting(record, progress):
+        started = parse_time(record.get("started_at"))
+        waited = f" ({int((now - started).total_seconds())} s so far)" if started else ""
+        text.append(f"{STARTING_HINT}{waited}; progress shows after its first steps\n", style="yellow")
+    elif state == RUNNING and progress.get("steps"):
+        text.append_text(progress_bar(progress.get("step", 0), progress["steps"], 24))
+        text.append(f"  epoch {progress.get('epoch', '?')}/{progress.get('epochs', '?')} · "
+                    f"test acc {percent(progress.get('test_acc'))} · "
+                    f"{rate(progress.get('images_per_s'))} images/s · "
+                    f"ETA {eta_text(progress, now)}\n")
     elif state == QUEUED:
         text.append("waiting in the queue for a worker (w starts one)\n")
     if record.get("summary"):
@@ -137,7 +139,7 @@ def curve_lines(metrics: list[dict[str, Any]]) -> RenderableType:
 
 def accuracy_chart(record: dict[str, Any], metrics: list[dict[str, Any]]) -> Chart:
     rows = [row for row in metrics if row.get("test_acc") is not None]
-    return Chart(title="test accuracy (%)", x_label="", y_label="",
+    return Chart(title="test accuracy (%)", x_label="optimiser steps", y_label="",
                  series=[Series(f"run {record['id']}", [row["step"] for row in rows],
                                 [100.0 * row["test_acc"] for row in rows])])
 
@@ -163,9 +165,44 @@ def config_table(config: dict[str, Any]) -> Table:
     return table
 
 
+def log_line(line: str) -> str:
+    """One line of the run's log as a reader wants it: the child prints its events as JSON
+    (start, resume, each epoch, done); other lines (the worker's, warnings) stay as they are."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(event, dict) or "event" not in event:
+        return line
+    kind = event["event"]
+    if kind == "start" and isinstance(event.get("plan"), dict):
+        plan = event["plan"]
+        return (f"start on {event.get('device', '?')}: {plan.get('total_steps', '?')} steps in "
+                f"{plan.get('epochs', '?')} epochs of {plan.get('steps_per_epoch', '?')}")
+    if kind == "resume":
+        return f"resume after epoch {event.get('epoch', '?')} (step {event.get('step', '?')})"
+    if kind == "epoch":
+        parts = [f"epoch {event.get('epoch', '?')}" + (f"/{event['total_epochs']}" if "total_epochs" in event else "")]
+        if "step" in event:
+            parts.append(f"step {event['step']}" + (f"/{event['total_steps']}" if "total_steps" in event else ""))
+        if isinstance(event.get("train_loss"), (int, float)):
+            parts.append(f"train loss {event['train_loss']:.4f}")
+        if isinstance(event.get("test_acc"), (int, float)):
+            parts.append(f"test acc {percent(event['test_acc'], 2)}")
+        if isinstance(event.get("images_per_s"), (int, float)):
+            parts.append(f"{rate(event['images_per_s'])} images/s")
+        return " · ".join(parts)
+    if kind == "done" and isinstance(event.get("summary"), dict):
+        summary = event["summary"]
+        return (f"done: final test acc {percent(summary.get('final_test_acc'), 2)} "
+                f"after {summary.get('steps', '?')} steps")
+    details = ", ".join(f"{key} {value}" for key, value in event.items() if key != "event")
+    return f"{kind}: {details}" if details else str(kind)
+
+
 def log_text(files: RunFiles) -> Text:
     if files.log:
-        return Text("\n".join(files.log), style="dim")
+        return Text("\n".join(log_line(line) for line in files.log), style="dim")
     if files.record.get("state") == QUEUED:
         return Text("no log yet", style="dim")
     return Text("no log file: only runs started by a worker have one", style="dim")
@@ -175,7 +212,7 @@ class RunDetailScreen(AppScreen):
     BINDINGS = [
         Binding("escape,backspace", "back", "back", tooltip="Back to the list"),
         Binding("R", "resume", "resume", tooltip="Resume or retry this run (queue.retry)"),
-        Binding("c", "cancel", "cancel", tooltip="Cancel this run"),
+        Binding("c", "cancel", "cancel", tooltip="Cancel this run (asks first if it is running)"),
     ]
 
     class Loaded(Message):

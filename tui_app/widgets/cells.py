@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 from rich.text import Text
 
+from tui_app.formatting import duration
+
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 STATE_STYLES = {
     "queued": "cyan",
@@ -87,3 +89,19 @@ def remaining_seconds(progress: dict[str, Any], now: dt.datetime) -> float | Non
     if updated is None:
         return eta
     return max(eta - (now.timestamp() - updated), 0.0)
+
+
+def eta_text(progress: dict[str, Any], now: dt.datetime) -> str:
+    """A running run's ETA as h:mm:ss, or "~" while too few steps are in to estimate it (the
+    engine gives one from the average rate since training started, so it does not jump)."""
+    seconds = remaining_seconds(progress, now)
+    return "~" if seconds is None else duration(seconds)
+
+
+def current_progress(record: dict[str, Any], progress: dict[str, Any]) -> dict[str, Any]:
+    """`progress` unless it was written before the run's current attempt started (a resumed
+    run keeps the last attempt's file until its new process writes): then none yet."""
+    started, updated = parse_time(record.get("started_at")), progress.get("updated_at")
+    if started is not None and updated is not None and updated < started.timestamp():
+        return {}
+    return progress

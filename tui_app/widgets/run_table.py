@@ -5,6 +5,9 @@ Textual's DataTable measures every cell when rows are added (about two seconds f
 are keys whose cells are asked for when they come into view, and a refresh compares the
 rows in view and redraws only those that changed, so it costs the same for 10 runs or
 10,000.
+Columns that matter less carry a hide rank: a table too narrow for every column hides
+them (the highest rank first), so the columns that identify a run stay in view at 80
+columns; ← and → scroll by whole columns through the rest.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Column:
     label: str
     width: int  # cells
     justify: JustifyMethod = "left"
+    hide_rank: int = 0  # 0: always shown; otherwise hidden when the table is too narrow, highest first
 
 
 class RunTable(ScrollView, can_focus=True):
@@ -91,6 +95,7 @@ class RunTable(ScrollView, can_focus=True):
     def __init__(self, columns: Sequence[Column], *, empty_hint: str = "", id: str | None = None) -> None:
         super().__init__(id=id)
         self.columns = list(columns)
+        self.shown_columns = list(columns)  # what fits the width (see _fit_columns)
         self.empty_hint = empty_hint
         self.sorted_by: tuple[str, bool] | None = None  # (column key, descending) marked in the header
         self._keys: list[str] = []
@@ -162,8 +167,31 @@ class RunTable(ScrollView, can_focus=True):
     def _page_rows(self) -> int:
         return max(self.scrollable_content_region.height - 1, 1)  # one line is the header
 
+    def _fit_columns(self) -> None:
+        """Hide the columns with the highest hide rank until the rest fit the width (less the
+        vertical scrollbar, which comes and goes with the rows without a resize)."""
+        room = self.size.width - self.styles.scrollbar_size_vertical
+        shown = list(self.columns)
+        for column in sorted((column for column in self.columns if column.hide_rank), key=lambda c: -c.hide_rank):
+            if _line_width(shown) <= room:
+                break
+            shown.remove(column)
+        if shown != self.shown_columns:
+            self.shown_columns = shown
+            self._drawn = {}
+            self._update_virtual_size()
+            self.refresh()
+
+    def _column_edges(self) -> list[int]:
+        """Where each shown column starts (its separating space included)."""
+        edges, x = [], 0
+        for column in self.shown_columns:
+            edges.append(x)
+            x += column.width + 1
+        return edges
+
     def _update_virtual_size(self) -> None:
-        width = 1 + sum(column.width + 1 for column in self.columns)
+        width = _line_width(self.shown_columns)
         self.virtual_size = Size(width, len(self._keys) + 1 + (not self._keys))
 
     def _refresh_row(self, index: int) -> None:
@@ -193,6 +221,7 @@ class RunTable(ScrollView, can_focus=True):
             self.post_message(self.VisibleRowsChanged(self))
 
     def on_resize(self, event: events.Resize) -> None:
+        self._fit_columns()
         self.post_message(self.VisibleRowsChanged(self))
 
     def on_focus(self, event: events.Focus) -> None:
@@ -229,22 +258,28 @@ class RunTable(ScrollView, can_focus=True):
         return Strip(text.render(self.app.console), text.cell_len).apply_style(style)
 
     def _header_text(self) -> Text:
-        labels = {}
-        for column in self.columns:
-            label = column.label
-            if self.sorted_by and self.sorted_by[0] == column.key:
-                label += " ▼" if self.sorted_by[1] else " ▲"
-            labels[column.key] = label
-        return self._row_text(labels)
+        """The column labels; the sorted column's arrow follows its label, or takes the space
+        before a column too narrow for both, so the label is never cut."""
+        labels: Cells = {column.key: column.label for column in self.columns}
+        separators: dict[str, str] = {}
+        if self.sorted_by:
+            key, descending = self.sorted_by
+            arrow = "▼" if descending else "▲"
+            column = next((column for column in self.columns if column.key == key), None)
+            if column is not None and len(column.label) + 2 <= column.width:
+                labels[key] = f"{column.label} {arrow}"
+            elif column is not None:
+                separators[key] = arrow
+        return self._row_text(labels, separators)
 
-    def _row_text(self, cells: Cells) -> Text:
+    def _row_text(self, cells: Cells, separators: dict[str, str] | None = None) -> Text:
         line = Text(no_wrap=True, end="")
-        for column in self.columns:
+        for column in self.shown_columns:
             value = cells.get(column.key, "")
             cell = value.copy() if isinstance(value, Text) else Text(str(value))
             cell.truncate(column.width, overflow="ellipsis")
             cell.align(column.justify, column.width)
-            line.append(" ")
+            line.append((separators or {}).get(column.key, " "))
             line.append_text(cell)
         return line
 
@@ -267,6 +302,18 @@ class RunTable(ScrollView, can_focus=True):
     def action_last(self) -> None:
         self.cursor_row = len(self._keys) - 1
 
+    def action_scroll_left(self) -> None:
+        """Back to the start of the column left of the first one in view."""
+        x = round(self.scroll_offset.x)
+        self.scroll_to(x=max((edge for edge in self._column_edges() if edge < x), default=0), animate=False)
+
+    def action_scroll_right(self) -> None:
+        """On to the start of the next column (one column per press, not one character)."""
+        x = round(self.scroll_offset.x)
+        later = [edge for edge in self._column_edges() if edge > x]
+        if later and x < self.max_scroll_x:
+            self.scroll_to(x=min(later[0], self.max_scroll_x), animate=False)
+
     def action_select(self) -> None:
         if self.cursor_key is not None:
             self.post_message(self.RowSelected(self, self.cursor_key))
@@ -278,7 +325,7 @@ class RunTable(ScrollView, can_focus=True):
         if offset.y == 0:
             x = offset.x + round(self.scroll_offset.x)
             edge = 0
-            for column in self.columns:
+            for column in self.shown_columns:
                 edge += column.width + 1
                 if x < edge + 1:
                     self.post_message(self.HeaderSelected(self, column.key))
@@ -289,3 +336,8 @@ class RunTable(ScrollView, can_focus=True):
             self.cursor_row = index
             if event.chain >= 2:
                 self.action_select()
+
+
+def _line_width(columns: Sequence[Column]) -> int:
+    """Cells a row of `columns` takes: each column after one separating space, and a last space."""
+    return 1 + sum(column.width + 1 for column in columns)
