@@ -213,7 +213,7 @@ class Worker:
             if run is not None:
                 slot = self.placement.take(record, free.pop(0))
                 self.running[slot] = run
-                self.report.started(record, slot.label())
+                self.report.started(record, slot.label(), followed=True)
 
     def _reap(self) -> None:
         for slot, run in list(self.running.items()):

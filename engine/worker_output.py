@@ -68,8 +68,9 @@ def human_line(event: dict[str, Any]) -> str:
     """The line a person reads for an event; every run line names the run in full, so a
     grep for one finds its start and its end."""
     moment = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    if event["event"] == "start":
-        return f"{moment} run {event['run']} started on {event['slot']}: {_what(event)}"
+    if event["event"] in ("start", "follow"):
+        verb = "started" if event["event"] == "start" else "followed (started by an earlier worker)"
+        return f"{moment} run {event['run']} {verb} on {event['slot']}: {_what(event)}"
     if event["event"] == "end":
         if event["final_test_acc"] is not None:
             result = f"final test acc {event['final_test_acc']:.2%}"
@@ -96,9 +97,11 @@ class WorkerReport:
     started_at: dict[int, float] = field(default_factory=dict)  # run id -> monotonic start
     ended: Counter = field(default_factory=Counter)  # state -> runs since the last notice
 
-    def started(self, record: dict[str, Any], slot_label: str) -> None:
+    def started(self, record: dict[str, Any], slot_label: str, *, followed: bool = False) -> None:
+        """`followed`: a cluster job that a worker now gone started, which this one takes over."""
         self.started_at[int(record["id"])] = time.monotonic()
-        self._emit({"event": "start", "at": now(), **run_identity(record), "slot": slot_label})
+        self._emit({"event": "follow" if followed else "start", "at": now(), **run_identity(record),
+                    "slot": slot_label})
 
     def finished(self, record: dict[str, Any], slot_label: str) -> None:
         """`record` as the history holds it once the run ended (or as claimed, if unreadable)."""

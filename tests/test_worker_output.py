@@ -244,3 +244,9 @@ def test_worker_status_shows_this_hosts_gpus(tmp_path, monkeypatch):
     assert shown.exit_code == 0 and shown.stdout.splitlines()[1:] == ["no GPU found"]
     assert json.loads(runner.invoke(app, ["worker", "status", "--home", str(tmp_path), "--json"]).stdout)[0][
         "gpus"] == []
+
+
+def test_a_followed_cluster_job_is_not_said_to_start():
+    out = io.StringIO()
+    WorkerReport(Path("."), out=out).started({"id": 7, "preset": "p", "config": {"seed": 2}}, "job 1", followed=True)
+    assert out.getvalue().rstrip().endswith("run 7 followed (started by an earlier worker) on job 1: p seed=2")
