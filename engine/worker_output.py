@@ -54,6 +54,7 @@ def end_fields(record: dict[str, Any], wall_s: float) -> dict[str, Any]:
 
 
 def _clock(seconds: float) -> str:
+    """h:mm:ss (the engine cannot use the front ends' formatting)."""
     minutes, secs = divmod(int(max(seconds, 0)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
@@ -74,6 +75,8 @@ def human_line(event: dict[str, Any]) -> str:
     if event["event"] == "end":
         if event["final_test_acc"] is not None:
             result = f"final test acc {event['final_test_acc']:.2%}"
+        elif event["state"] == RunState.DONE:
+            result = "no accuracy recorded"
         else:
             result = event["error"] or "no error recorded"
         return (f"{moment} run {event['run']} {event['state']} on {event['slot']} after "
