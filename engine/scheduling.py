@@ -3,7 +3,8 @@
 The worker's flags become a Placement: its slots, and which free slot the next run may take
 (first free; or, packing by memory, the GPU with the most room that the run's peak memory
 fits). Pure bookkeeping, unit-tested on a fake inventory; the only contact with the machine
-is `read_gpus` (nvidia-smi) and `available_threads`. Must not import torch.
+is nvidia-smi (`read_gpus`, and `read_gpu_use` for `worker status`) and `available_threads`.
+Must not import torch.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ CUDA_CONTEXT_BYTES = 512 * MIB
 # from the CPU and time slicing limit the card, not its memory, and a tiny recorded peak
 # (a digits run) would otherwise start hundreds of processes.
 DEFAULT_PACKED_RUNS_PER_GPU = 8
-NVIDIA_SMI_QUERY = ("--query-gpu=index,memory.total", "--format=csv,noheader,nounits")
+NVIDIA_SMI_INVENTORY = ("index", "memory.total")  # what placement needs
+NVIDIA_SMI_USE = ("index", "utilization.gpu", "memory.used", "memory.total")  # what `worker status` shows
 NVIDIA_SMI_TIMEOUT_S = 30
+NO_NVIDIA_SMI = "nvidia-smi is not installed"
 _SIZE = re.compile(r"(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)\s*(?P<unit>[KMGT])(i?B)?", re.IGNORECASE)
 
 
@@ -105,37 +108,85 @@ class Gpu:
     memory_bytes: int | None  # None: nvidia-smi does not report it
 
 
-def parse_nvidia_smi(text: str) -> list[Gpu]:
-    """The GPUs in the output of `nvidia-smi --query-gpu=index,memory.total
-    --format=csv,noheader,nounits`: one "index, MiB" line each ("[N/A]" when not reported)."""
-    gpus = []
+@dataclass(frozen=True)
+class GpuUse:
+    """How busy a GPU is now; None where nvidia-smi does not report a value."""
+
+    index: str
+    utilization_percent: int | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gpu": self.index, "utilization_percent": self.utilization_percent,
+                "memory_used_bytes": self.memory_used_bytes, "memory_total_bytes": self.memory_total_bytes}
+
+
+def nvidia_smi_rows(text: str, columns: int) -> list[list[str]]:
+    """The rows of nvidia-smi's `--format=csv,noheader,nounits` output: one line per GPU,
+    its index first, `columns` values each."""
+    rows = []
     for line in text.splitlines():
         if not line.strip():
             continue
         parts = [part.strip() for part in line.split(",")]
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != columns or not parts[0].isdigit():
             raise BudgetTuiError(f"cannot read nvidia-smi's GPU list: unexpected line {line.strip()!r}")
-        memory = int(parts[1]) * MIB if parts[1].isdigit() else None
-        gpus.append(Gpu(parts[0], memory))
-    return gpus
+        rows.append(parts)
+    return rows
+
+
+def _number(text: str, scale: int = 1) -> int | None:
+    """A value nvidia-smi reported, times `scale`; None for "[N/A]", "[Not Supported]"."""
+    return int(text) * scale if text.isdigit() else None
+
+
+def parse_nvidia_smi(text: str) -> list[Gpu]:
+    """The GPUs in the output of `nvidia-smi --query-gpu=index,memory.total
+    --format=csv,noheader,nounits`: one "index, MiB" line each ("[N/A]" when not reported)."""
+    return [Gpu(index, _number(memory, MIB)) for index, memory in nvidia_smi_rows(text, len(NVIDIA_SMI_INVENTORY))]
+
+
+def parse_gpu_use(text: str) -> list[GpuUse]:
+    """The GPUs in the output of `nvidia-smi --query-gpu=index,utilization.gpu,memory.used,
+    memory.total --format=csv,noheader,nounits`: "index, percent, MiB, MiB" lines."""
+    return [GpuUse(index, _number(busy), _number(used, MIB), _number(total, MIB))
+            for index, busy, used, total in nvidia_smi_rows(text, len(NVIDIA_SMI_USE))]
+
+
+def query_nvidia_smi(fields: tuple[str, ...]) -> tuple[str, str]:
+    """nvidia-smi's answer for these fields of every GPU (no torch, no CUDA initialisation),
+    and, when it gave none, why: ("", NO_NVIDIA_SMI) on a machine without it."""
+    executable = shutil.which("nvidia-smi")
+    if executable is None:
+        return "", NO_NVIDIA_SMI
+    try:
+        result = subprocess.run([executable, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+                                capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return "", f"nvidia-smi did not answer ({error})"
+    if result.returncode != 0:
+        said = next((line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()), "")
+        return "", f"nvidia-smi failed with exit code {result.returncode}: {said}"
+    return result.stdout, ""
 
 
 def read_gpus() -> tuple[list[Gpu], str]:
-    """This machine's GPUs from nvidia-smi (no torch, no CUDA initialisation), and why there
-    are none when there are none."""
-    executable = shutil.which("nvidia-smi")
-    if executable is None:
-        return [], "nvidia-smi is not installed"
+    """This machine's GPUs and their memory, and why there are none when there are none."""
+    text, problem = query_nvidia_smi(NVIDIA_SMI_INVENTORY)
+    gpus = parse_nvidia_smi(text)
+    return gpus, problem or ("" if gpus else "nvidia-smi lists no GPU")
+
+
+def read_gpu_use() -> tuple[list[GpuUse], str]:
+    """How busy this machine's GPUs are now, and why there are none when there are none. A
+    status view, so an answer it cannot read is a reason, not an error."""
+    text, problem = query_nvidia_smi(NVIDIA_SMI_USE)
     try:
-        result = subprocess.run([executable, *NVIDIA_SMI_QUERY], capture_output=True, text=True,
-                                timeout=NVIDIA_SMI_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return [], f"nvidia-smi did not answer ({error})"
-    if result.returncode != 0:
-        said = next((line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()), "")
-        return [], f"nvidia-smi failed with exit code {result.returncode}: {said}"
-    gpus = parse_nvidia_smi(result.stdout)
-    return gpus, "" if gpus else "nvidia-smi lists no GPU"
+        gpus = parse_gpu_use(text)
+    except BudgetTuiError as error:
+        return [], str(error)
+    return gpus, problem or ("" if gpus else "nvidia-smi lists no GPU")
 
 
 def available_threads() -> int:

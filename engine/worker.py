@@ -4,8 +4,9 @@ How a claimed run is executed is the small Executor interface: local child proce
 here, Slurm jobs in engine.slurm; another scheduler is one more executor, with no change to
 the queue or the store.
 A worker registers itself in <home>/workers/<pid>.json; on start it reconciles runs whose
-process is gone. `python -m engine.worker` runs one (the CLI's `worker` takes the same
-options). Must not import torch.
+process is gone. It prints a line per run as it starts and ends, and a notice when the queue
+drains (engine.worker_output). `python -m engine.worker` runs one (the CLI's `worker` takes
+the same options). Must not import torch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from engine import processes, queue, slurm
 from engine.errors import BadInput, BudgetTuiError, explain
@@ -27,10 +28,13 @@ from engine.paths import LOG_NAME, history_path, resolve_home, run_dir
 from engine.processes import STOP_GRACE_S
 from engine.records import RunState, now
 from engine.runs import finish_if_running, last_error_line, write_json_atomic
-from engine.scheduling import Placement, Slot, SlotRequest, plan_placement, slot_environment
+from engine.scheduling import (GpuUse, Placement, Slot, SlotRequest, plan_placement, read_gpu_use,
+                               slot_environment)
 from engine.store import Store, storage_error
+from engine.worker_output import WorkerReport
 
 WORKERS_DIR = "workers"
+GpuUseReader = Callable[[], tuple[list[GpuUse], str]]
 
 
 class RunningRun(Protocol):
@@ -120,6 +124,7 @@ class Worker:
     auto_resume: bool = False  # queue interrupted runs again on start (they resume)
     poll_s: float = 0.5
     placement: Placement | None = None  # where the next run goes (engine.scheduling); default: a free slot
+    report: WorkerReport | None = None  # its run lines and drain notice; default: plain lines on stdout
     running: dict[Slot, RunningRun] = field(default_factory=dict)
     stopping: bool = False
     history_seen: tuple[int, int, int] | None = None  # the history file the memory estimates came from
@@ -127,6 +132,8 @@ class Worker:
     def __post_init__(self) -> None:
         if self.placement is None:
             self.placement = Placement(self.slots)
+        if self.report is None:
+            self.report = WorkerReport(self.home)
 
     @property
     def store(self) -> Store:
@@ -149,15 +156,17 @@ class Worker:
                 claimed = self._fill_slots()
                 if self.placement.held != held:
                     republish_worker(registration, self.placement, started_at)
-                if self.once and not self.running and not claimed:
-                    break
+                if not self.running and not claimed and not self.stopping:
+                    self.report.queue_empty()  # the drain notice, if it ran something since the last one
+                    if self.once:
+                        break
                 time.sleep(self.poll_s)
         finally:
             for slot, run in list(self.running.items()):
                 if self.executor.runs_outlive_worker:
                     continue  # a later worker follows it
                 run.stop(STOP_GRACE_S)  # the child records "interrupted" itself
-                self._record_exit(run)
+                self._record_exit(run, slot)
             self.running.clear()
             self.placement.held.clear()
             registration.unlink(missing_ok=True)
@@ -181,6 +190,9 @@ class Worker:
             except BudgetTuiError as error:  # its folder or log cannot be written: that run fails, the queue goes on
                 self.placement.release(slot)
                 self._record_failure(record["id"], None, f"cannot start: {error}")
+                self.report.finished(self._as_recorded(record), slot.label())
+                continue
+            self.report.started(record, slot.label())
         return claimed
 
     def _learn_memory(self) -> None:
@@ -199,18 +211,30 @@ class Worker:
                                           followable=lambda record: self.executor.follow(record) is not None):
             run = self.executor.follow(record)
             if run is not None:
-                self.running[self.placement.take(record, free.pop(0))] = run
+                slot = self.placement.take(record, free.pop(0))
+                self.running[slot] = run
+                self.report.started(record, slot.label(), followed=True)
 
     def _reap(self) -> None:
         for slot, run in list(self.running.items()):
             if run.poll() is not None:
                 del self.running[slot]
                 self.placement.release(slot)
-                self._record_exit(run)
+                self._record_exit(run, slot)
 
-    def _record_exit(self, run: RunningRun) -> None:
-        """A child that died without recording its outcome (killed, crashed) is recorded here."""
+    def _record_exit(self, run: RunningRun, slot: Slot) -> None:
+        """A child that died without recording its outcome (killed, crashed) is recorded
+        here; either way, its end is reported as the history holds it."""
         self._record(run.run_id, *run.ending())
+        self.report.finished(self._as_recorded({"id": run.run_id}), slot.label())
+
+    def _as_recorded(self, claimed: dict[str, Any]) -> dict[str, Any]:
+        """The run's record now, or what the worker knew of it if the history cannot be
+        read (the end is still reported)."""
+        try:
+            return self.store.get_run(claimed["id"])
+        except BudgetTuiError:
+            return claimed
 
     def _record_failure(self, run_id: int, code: int | None, message: str) -> None:
         self._record(run_id, RunState.FAILED, {"exit_code": code, "message": message})
@@ -276,6 +300,18 @@ def live_workers(home: Path) -> list[dict[str, Any]]:
     return found
 
 
+def describe_workers(home: Path, read: GpuUseReader | None = None) -> list[dict[str, Any]]:
+    """What `worker status` shows: the live workers, each of this host with this host's GPUs
+    as busy as they are now (`read`, default nvidia-smi; read once, and only when a worker
+    runs here). A worker of another host gets none: its GPUs cannot be read from here."""
+    workers = live_workers(home)
+    if not any(not info["remote"] for info in workers):
+        return workers
+    gpus, problem = (read or read_gpu_use)()
+    here = {"gpus": [gpu.to_dict() for gpu in gpus], "gpus_problem": problem or None}
+    return [info if info["remote"] else {**info, **here} for info in workers]
+
+
 def stop_workers(home: Path, grace_s: float = STOP_GRACE_S + 5) -> list[int]:
     """SIGTERM every live worker of this host and home and wait for them to exit. Workers
     of other hosts are never signalled (their pids mean nothing here)."""
@@ -307,6 +343,8 @@ class WorkerOptions:
     executor: str = "local"  # local (child processes) or slurm (one job per run)
     slurm: dict[str, Any] = field(default_factory=dict)  # SLURM_OPTIONS given; None or absent: not given
     data_root: Path | None = None  # None: the child's default (env, then <home>/data)
+    as_json: bool = False  # the run lines and drain notice as one JSON object per line
+    on_drain: str | None = None  # a shell command run each time the queue drains
 
     def slot_request(self) -> SlotRequest:
         return SlotRequest(self.gpus, self.slots, self.slots_per_gpu, self.pack_memory, self.run_memory)
@@ -322,7 +360,8 @@ class WorkerOptions:
             arguments += [f"--{name.replace('_', '-')}={item}" for item in values]
         arguments += [f"--gpus={self.gpus}"] if self.gpus is not None else []
         arguments += self.slot_request().arguments()
-        arguments += ["--once"] * self.once + ["--auto-resume"] * self.auto_resume
+        arguments += ["--once"] * self.once + ["--auto-resume"] * self.auto_resume + ["--json"] * self.as_json
+        arguments += [f"--on-drain={self.on_drain}"] if self.on_drain is not None else []
         return arguments + ([f"--data-root={self.data_root}"] if self.data_root is not None else [])
 
 
@@ -354,7 +393,7 @@ def prepare_worker(home: Path, options: WorkerOptions) -> Worker:
     Store(history_path(home)).list_runs()
     placement, executor = build_executor(home, options)
     return Worker(home, placement.slots, executor, once=options.once, auto_resume=options.auto_resume,
-                  placement=placement)
+                  placement=placement, report=WorkerReport(home, options.as_json, options.on_drain))
 
 
 def start_detached_worker(home: Path, options: WorkerOptions | None = None) -> tuple[int, Path]:
@@ -385,6 +424,8 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[Path, WorkerOptions]
     parser.add_argument("--once", action="store_true", help="drain the queue, then exit")
     parser.add_argument("--auto-resume", action="store_true", help="queue interrupted runs again on start")
     parser.add_argument("--executor", default="local", help="local or slurm")
+    parser.add_argument("--json", action="store_true", help="each run's start and end as a JSON line")
+    parser.add_argument("--on-drain", default=None, help="a shell command run when the queue drains")
     for name, kind in SLURM_OPTIONS.items():
         flag = f"--{name.replace('_', '-')}"
         if kind is list:
@@ -394,8 +435,10 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[Path, WorkerOptions]
     arguments = parser.parse_args(argv)
     return resolve_home(arguments.home), WorkerOptions(
         gpus=arguments.gpus, slots=arguments.slots, slots_per_gpu=arguments.slots_per_gpu,
-        pack_memory=arguments.pack_memory, run_memory=arguments.run_memory, once=arguments.once, auto_resume=arguments.auto_resume, executor=arguments.executor,
-        slurm={name: getattr(arguments, name) for name in SLURM_OPTIONS}, data_root=arguments.data_root)
+        pack_memory=arguments.pack_memory, run_memory=arguments.run_memory, once=arguments.once,
+        auto_resume=arguments.auto_resume, executor=arguments.executor,
+        slurm={name: getattr(arguments, name) for name in SLURM_OPTIONS}, data_root=arguments.data_root,
+        as_json=arguments.json, on_drain=arguments.on_drain)
 
 
 def main(argv: list[str] | None = None) -> int:

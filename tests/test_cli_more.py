@@ -304,7 +304,7 @@ def test_every_command_takes_h_and_every_command_that_prints_takes_json():
         assert result.exit_code == 0 and "Usage" in result.stdout, (path, result.output)
         if path and not getattr(command, "commands", None):
             assert has_json(command), path
-    assert has_json(commands["worker"])  # the group runs the worker itself; --json with --detach
+    assert has_json(commands["worker"])  # the group runs the worker itself: its run lines as JSON
 
 
 def test_version_and_the_help_that_names_the_terminal_ui():
@@ -323,9 +323,8 @@ def test_shell_completion_is_offered_and_completes_commands():
     assert "queue" in completed.stdout.split(), completed
 
 
-def test_worker_json_needs_detach_and_priority_and_stop_print_json(tmp_path):
+def test_priority_and_stop_print_json(tmp_path):
     run_id = add(tmp_path, "queued")
-    assert invoke(tmp_path, "worker", "--json").exit_code == 2
     priority = invoke(tmp_path, "queue", "priority", "5", str(run_id), "--json")
     assert priority.exit_code == 0 and json.loads(priority.stdout) == {"ids": [run_id], "priority": 5}
     stopped = invoke(tmp_path, "worker", "stop", "--json")

@@ -205,9 +205,19 @@ def test_detached_worker_outlives_its_terminal_and_runs_the_queue(tmp_path):
     assert psutil.Process(pid).cmdline()[1:3] == ["-m", "engine.worker"]  # the engine's entry point, not the CLI
     assert os.getsid(pid) != os.getsid(0)
     assert (home / "worker.log").exists()
-    run_id = queue.enqueue(store_of(home), "test", [QUICK])[0]
-    wait_for(lambda: store_of(home).get_run(run_id)["state"] == "done", 180, what="the run to finish")
-    assert "stopped 1 worker" in cli("worker", "stop", "--home", str(home)).stdout
+    try:
+        run_id = queue.enqueue(store_of(home), "test", [QUICK])[0]
+        wait_for(lambda: store_of(home).get_run(run_id)["state"] == "done", 180, what="the run to finish")
+        # The lines a foreground worker prints: the run's start and end, then the drain notice.
+        log = home / "worker.log"
+        wait_for(lambda: "queue drained: 1 done, 0 failed" in log.read_text(), 30, what="the drain notice")
+        lines = log.read_text().splitlines()
+        assert any(f"run {run_id} started on inherit: test sampler=unif-sgd" in line for line in lines), lines
+        assert any(f"run {run_id} done on inherit after " in line and "final test acc" in line
+                   for line in lines), lines
+    finally:  # a failed check leaves no worker behind
+        stopped = cli("worker", "stop", "--home", str(home)).stdout
+    assert "stopped 1 worker" in stopped
     wait_for(lambda: not processes.is_alive(workers[0]), 30, what="the worker to exit")
 
 
@@ -218,7 +228,10 @@ def test_worker_options_survive_the_detached_command_line(tmp_path):
     for options in (WorkerOptions(), WorkerOptions(gpus="", once=True, data_root=tmp_path / "a data root"),
                     WorkerOptions(executor="slurm", auto_resume=True, slurm=slurm),
                     WorkerOptions(slots=2, once=True),
-                    WorkerOptions(gpus="0,1", slots_per_gpu=4, pack_memory=0.9, run_memory="6G")):
+                    WorkerOptions(gpus="0,1", slots_per_gpu=4, pack_memory=0.9, run_memory="6G"),
+                    WorkerOptions(as_json=True, once=True,
+                                  on_drain='notify-send "queue drained" --urgency=low; echo "$BUDGET_TUI_DONE"=done'),
+                    WorkerOptions(on_drain="--looks-like-a-flag")):
         home, parsed = parse_arguments([f"--home={tmp_path}", *options.arguments()])
         assert home == tmp_path
         assert parsed == WorkerOptions(**{**options.__dict__, "slurm": {**dict.fromkeys(slurm), **options.slurm}})

@@ -471,21 +471,27 @@ def worker(
     max_jobs: Annotated[Optional[int], typer.Option("--max-jobs", help="Slurm jobs in flight at once.")] = None,
     home: HomeOption = None,
     data_root: DataRootOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="With --detach: the pid and log as JSON.")] = False,
+    on_drain: Annotated[Optional[str], typer.Option(
+        "--on-drain", help="Shell command run each time the queue drains, with BUDGET_TUI_DONE, "
+                           "BUDGET_TUI_FAILED, BUDGET_TUI_CANCELLED, BUDGET_TUI_INTERRUPTED and "
+                           "BUDGET_TUI_HOME set; its failure is reported, never fatal.")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Each run's start and end, and the drain notice, as one JSON object per line "
+                       "(with --detach: in the log, and the pid and log printed as JSON).")] = False,
 ) -> None:
     """Execute queued runs: here, each in its own process group, one per slot (one per GPU,
     or several per device with --slots, --slots-per-gpu, --pack-memory); or with --executor
-    slurm, each as a Slurm job (settings also in <home>/slurm.toml)."""
+    slurm, each as a Slurm job (settings also in <home>/slurm.toml). Prints a line per run
+    as it starts and ends, and "queue drained: ..." (with a bell on a terminal) when the
+    queue empties; a detached worker writes them to <home>/worker.log."""
     if context.invoked_subcommand is not None:
         return
     from engine.worker import WorkerOptions, prepare_worker, start_detached_worker
 
-    if as_json and not detach:
-        raise BadInput("--json prints the detached worker's pid and log: add --detach")
     home_dir = resolve_home(home)
     options = WorkerOptions(gpus=gpus, slots=slots, slots_per_gpu=slots_per_gpu, pack_memory=pack_memory,
                             run_memory=run_memory, once=once, auto_resume=auto_resume, executor=executor,
-                            data_root=data_root,
+                            data_root=data_root, as_json=as_json, on_drain=on_drain,
                             slurm={"partition": partition, "time": time_limit, "cpus": cpus,
                                    "gpus_per_run": gpus_per_run, "mem": mem, "account": account,
                                    "sbatch": sbatch or None, "max_jobs": max_jobs})
@@ -502,10 +508,10 @@ def worker(
 
 @worker_app.command("status")
 def worker_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Live workers of this home."""
-    from engine.worker import live_workers
+    """Live workers of this home; with one on this host, how busy this host's GPUs are (nvidia-smi)."""
+    from engine.worker import describe_workers
 
-    workers = live_workers(resolve_home(home))
+    workers = describe_workers(resolve_home(home))
     if as_json:
         print_json(workers)
     elif not workers:
@@ -515,6 +521,27 @@ def worker_status(home: HomeOption = None, as_json: JsonOption = False) -> None:
             where = f"remote on host {info.get('host')}" if info["remote"] else "on this host"
             typer.echo(f"worker {info['pid']} ({where}) since {info.get('started_at', '?')} "
                        f"on {', '.join(info.get('slots', [])) or '?'}")
+        here = next((info for info in workers if not info["remote"]), None)
+        if here is not None:
+            for line in _gpu_lines(here["gpus"], here["gpus_problem"]):
+                typer.echo(line)
+
+
+def _gpu_lines(gpus: list[dict[str, Any]], problem: str | None) -> list[str]:
+    """One line per GPU of this host: "gpu 0: 87% busy, 12.3 of 79.6 GiB used"."""
+    from engine.scheduling import GIB, NO_NVIDIA_SMI
+
+    if not gpus:
+        return ["no GPU found" + (f" ({problem})" if problem and problem != NO_NVIDIA_SMI else "")]
+
+    def gib(value: int | None) -> str:
+        return "?" if value is None else f"{value / GIB:.1f}"
+
+    def busy(percent: int | None) -> str:
+        return "?" if percent is None else f"{percent}%"
+
+    return [f"gpu {gpu['gpu']}: {busy(gpu['utilization_percent'])} busy, "
+            f"{gib(gpu['memory_used_bytes'])} of {gib(gpu['memory_total_bytes'])} GiB used" for gpu in gpus]
 
 
 @worker_app.command("stop")
