@@ -5,6 +5,7 @@ race. Without root, slurm-wlm and munge these skip with the reason (the unit tes
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -217,15 +218,27 @@ def test_worker_stop_leaves_jobs_running_and_two_later_workers_follow_them_never
         assert len(starts_in_log(home, run_id)) == 1, run_id
 
 
+def seconds_per_epoch(config: RunConfig, tmp_path: Path) -> float:
+    """Wall seconds of one epoch of `config` here and now (evaluation included), from a short run."""
+    from engine.train.loop import train
+
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    summary = train(config.replace(epochs=4), folder, data_root=tmp_path / "data")
+    return summary["time_total_s"] / 4
+
+
 @pytest.mark.slow
 def test_a_run_longer_than_its_time_limit_is_requeued_and_finishes(slurm_cluster, tmp_path):  # noqa: F811
     home = tmp_path / "home"
     home.mkdir()
     # Slurm signals the job 20-40 s before its 1-minute limit (its timer ticks every ~30 s);
-    # the requeued job is eligible 2 minutes later. 25 epochs take longer than one such job.
+    # the requeued job is eligible 2 minutes later. The run is sized from this machine's own
+    # speed to need about 50 s of training: longer than one such job, on a fast machine too.
     (home / "slurm.toml").write_text("time = 1\nsignal_delay_s = 20\n")
+    epochs = max(25, math.ceil(50 / seconds_per_epoch(QUICK, tmp_path)))
     store = Store(home / "history.json")
-    (run_id,) = queue.enqueue(store, "p", [QUICK.replace(epochs=25)])
+    (run_id,) = queue.enqueue(store, "p", [QUICK.replace(epochs=epochs)])
     worker = slurm_worker(slurm_cluster, home, "--once")
     try:
         assert worker.wait(timeout=590) == 0, worker.stderr.read()
@@ -236,5 +249,5 @@ def test_a_run_longer_than_its_time_limit_is_requeued_and_finishes(slurm_cluster
     assert record["state"] == "done", record.get("outcome")
     starts = starts_in_log(home, run_id)
     assert len(starts) >= 2 and len({line.split()[4] for line in starts}) == 1  # one job, requeued
-    assert [row[0] for row in metrics(home, run_id)] == list(range(1, 26))
-    assert record["summary"]["epochs_run"] == 25
+    assert [row[0] for row in metrics(home, run_id)] == list(range(1, epochs + 1))
+    assert record["summary"]["epochs_run"] == epochs
