@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from engine.config import RunConfig
 from engine.errors import BadInput
 from engine.paths import CHECKPOINT_NAME, METRICS_NAME
+from engine.scheduling import memory_key
 from engine.train.data import load_dataset
 from engine.train.loop import train
 from engine.train.step import Switches, resolve_switches
@@ -120,3 +121,12 @@ def test_bf16_channels_last_compiled_training_on_a_cpu_learns_and_resumes_exactl
     first, second = _weights(resumed_dir), _weights(tmp_path / "on")
     assert first.keys() == second.keys()
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_runs_stored_before_the_switches_share_memory_estimates_with_auto_runs():
+    stored_before = {"model": "cifar_resnet18", "batch_size": 128, "dataset": "cifar10", "image_size": 0,
+                     "sampler": "unif-sgd", "compile": False}
+    defaults = RunConfig().to_dict()
+    assert memory_key(stored_before) == memory_key(
+        {**stored_before, "precision": defaults["precision"], "channels_last": defaults["channels_last"]})
+    assert memory_key(stored_before) != memory_key({**stored_before, "precision": "fp32"})
