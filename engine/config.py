@@ -26,6 +26,13 @@ BUDGET_MODES = ("subset", "scan")
 LR_SCHEDULES = ("linear", "step")
 FIDELITIES = ("corrected", "faithful")
 DEVICES = ("auto", "cpu", "cuda")
+# GPU switches that work on any device: "auto" is the choice a CUDA run has always made
+# (bf16 autocast, channels_last; on a CPU fp32 and the default layout).
+PRECISIONS = ("auto", "bf16", "fp32")
+# Switch fields: True, False or "auto" (on where the device is CUDA). A bool stays a bool,
+# so configs stored before "auto" existed read and filter as they did.
+SWITCHES = ("channels_last", "compile")
+SWITCH_CHOICES = ("auto", "true", "false")
 # Our own models (engine.train.models registers them into timm); any other timm name is
 # checked against timm itself, which imports torch, so only when a name is not one of these.
 MODELS = ("cifar_resnet18", "cifar_preact_resnet18", "cifar_wrn_28_10", "small_cnn", "cifar_small_cnn", "strided_cnn")
@@ -47,6 +54,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "fidelity": FIDELITIES,
     "device": DEVICES,
     "score_average": SCORE_AVERAGES,
+    "precision": PRECISIONS,
 }
 
 
@@ -100,7 +108,10 @@ class RunConfig:
     # --- execution
     seed: int = 0  # drives init, sampling and augmentation
     device: str = "auto"
-    compile: bool = False  # torch.compile the model (CUDA only)
+    # --- device switches (engine.train.step.resolve_switches; auto = on where the device is CUDA)
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32 (the loss is fp32 always)
+    channels_last: bool | str = "auto"  # true | false | auto
+    compile: bool | str = False  # torch.compile the model: true (inductor, CPU too) | false | auto
     threads: int = 0  # CPU threads for torch; 0 = torch's default
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +139,10 @@ class RunConfig:
             value = getattr(self, key)
             if value not in choices:
                 raise BadInput(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
+        for key in SWITCHES:
+            value = getattr(self, key)
+            if not (isinstance(value, bool) or value == "auto"):
+                raise BadInput(f"{key}={value!r} is not valid; choose one of: {', '.join(SWITCH_CHOICES)}")
         checks = [
             (0.0 < self.budget <= 1.0, "budget must be in (0, 1]"),
             (self.epochs >= 1, "epochs must be >= 1"),
@@ -196,6 +211,8 @@ _FALSE = {"false", "0", "no", "off"}
 def convert_value(key: str, value: Any) -> Any:
     """Convert a TOML value or a command-line string to the field's type, or raise BadInput."""
     kind = field_types()[key]
+    if key in SWITCHES:
+        return convert_switch(key, value)
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -225,6 +242,18 @@ def convert_value(key: str, value: Any) -> Any:
         pass
     type_name = getattr(kind, "__name__", str(kind))
     raise BadInput(f"{key}={value!r} is not a valid {type_name}")
+
+
+def convert_switch(key: str, value: Any) -> bool | str:
+    """A switch field's value: True, False or "auto", from a bool or any spelling of one."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text == "auto":
+        return "auto"
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise BadInput(f"{key}={value!r} is not valid; choose one of: {', '.join(SWITCH_CHOICES)}")
 
 
 def convert_float(value: Any) -> float:

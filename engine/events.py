@@ -76,6 +76,12 @@ class RunSummary(TypedDict):
     flops_budget_used: float
     plan: BudgetPlanDict
     device: str
+    # How the run executed (engine.train.loop): absent from runs recorded before these were.
+    precision: NotRequired[str]  # "bf16" or "fp32", resolved from the config's "auto"
+    channels_last: NotRequired[bool]
+    compiled: NotRequired[bool]
+    threads: NotRequired[int]  # torch.get_num_threads() during the run
+    peak_device_memory_bytes: NotRequired[int | None]  # torch.cuda.max_memory_allocated; None on a CPU
     fidelity: str
     distinct_seen: int
     usage_entropy: float

@@ -23,9 +23,11 @@ MIB = 1024**2
 GIB = 1024**3
 # A run's summary records its peak device memory under this name (torch's allocator counts).
 PEAK_MEMORY_FIELD = "peak_device_memory_bytes"
-# Runs that agree on these take about the same device memory; "precision" is read when a
-# config has it (the loop trains in bf16 autocast on CUDA today, so it is absent).
-MEMORY_KEY_FIELDS = ("model", "batch_size", "precision", "dataset", "image_size", "sampler", "compile")
+# Runs that agree on these take about the same device memory.
+MEMORY_KEY_FIELDS = ("model", "batch_size", "precision", "channels_last", "dataset", "image_size", "sampler",
+                     "compile")
+# Configs stored before these fields existed lack them: those runs ran as "auto" does now.
+MEMORY_KEY_DEFAULTS = {"precision": "auto", "channels_last": "auto"}
 # Each CUDA process holds a context of about half a GB that torch's peak counters leave out.
 CUDA_CONTEXT_BYTES = 512 * MIB
 # Packing without --slots-per-gpu stops at this many runs per GPU: past it, kernel launches
@@ -208,7 +210,7 @@ def recorded_peak(run: dict[str, Any]) -> int | None:
 
 
 def memory_key(config: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(config.get(name) for name in MEMORY_KEY_FIELDS)
+    return tuple(config.get(name, MEMORY_KEY_DEFAULTS.get(name)) for name in MEMORY_KEY_FIELDS)
 
 
 @dataclass

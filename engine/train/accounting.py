@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from engine.config import RunConfig
@@ -123,10 +125,12 @@ def summarise(
     flops_forward: int,
     device: torch.device,
     shortfall: str | None = None,
+    execution: dict[str, Any] | None = None,
 ) -> RunSummary:
     """The run's outcome and cost, every accuracy labelled by how it was chosen.
 
     `shortfall`: why the run took fewer than its planned steps (recorded only then).
+    `execution`: how it ran (switches, threads, peak device memory), recorded as given.
     """
     # backward costs about twice the forward; scoring forwards cost one forward each
     flops_train = (3 * flops_forward * accounting.samples_backprop
@@ -158,6 +162,7 @@ def summarise(
         "flops_budget_used": flops_train / flops_nominal,  # fraction of the nominal compute
         "plan": plan.to_dict(),
         "device": str(device),
+        **(execution or {}),
         "fidelity": config.fidelity,
         "distinct_seen": last["distinct_seen"],
         "usage_entropy": last["usage_entropy"],  # H(c) of the per-sample usage counts

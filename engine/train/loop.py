@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from engine.atomic import write_atomic
 from engine.config import RunConfig
 from engine.events import EventHandler, RunSummary, TrainingEvent
 from engine.paths import CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, USAGE_NAME
+from engine.scheduling import PEAK_MEMORY_FIELD
 from engine.train.accounting import EpochTally, SampleUsage, epoch_record, summarise
 from engine.train.augment import score_credit
 from engine.train.budget import BudgetPlan, ScheduleClock, learning_rate, plan_budget
@@ -84,6 +85,8 @@ def train(
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the summary's peak is this run's own
 
     # 1. Data: uint8 on the device, normalised per batch, never re-decoded per epoch.
     device_data = prepare(data if data is not None else load_run_data(config, data_root), device)
@@ -208,11 +211,19 @@ def _finish(run: _Run, progress: Progress, flops_forward: int, shortfall: str | 
     if accounting.steps < run.plan.total_steps and shortfall is None:
         shortfall = run.sampler.shortfall_reason or "the sampler ran out of epochs before spending its budget"
     summary = summarise(run.config, run.plan, accounting, progress.history, flops_forward, run.trainer.device,
-                        shortfall)
+                        shortfall, execution=_execution(run.trainer))
     save_usage(run.usage, run.run_dir / USAGE_NAME)
     write_atomic(run.run_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
     run.emit({"event": "done", "summary": summary})
     return summary
+
+
+def _execution(trainer: Trainer) -> dict[str, Any]:
+    """How the run executed: its resolved switches, the CPU threads torch used and the peak
+    device memory torch's allocator saw (CUDA only: the scheduler packs GPUs by it; after a
+    resume, the peak of the resumed part)."""
+    peak = torch.cuda.max_memory_allocated(trainer.device) if trainer.cuda else None
+    return {**trainer.switches.to_dict(), "threads": torch.get_num_threads(), PEAK_MEMORY_FIELD: peak}
 
 
 @torch.no_grad()

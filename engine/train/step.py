@@ -16,6 +16,29 @@ from engine.train.prepare import DeviceData
 from engine.train.samplers import Batch, Scorer
 
 
+class Switches(NamedTuple):
+    """The device switches a run resolved from its config: what it actually trains with."""
+
+    precision: str  # "bf16" (autocast to bfloat16) or "fp32"
+    channels_last: bool
+    compiled: bool
+
+    def to_dict(self) -> dict[str, str | bool]:
+        return {"precision": self.precision, "channels_last": self.channels_last, "compiled": self.compiled}
+
+
+def resolve_switches(config: RunConfig, device: torch.device) -> Switches:
+    """The config's switches on `device`: "auto" keeps the choices a CUDA run has always made
+    (bf16 autocast, channels_last; compile only where asked) and a CPU run's fp32 defaults."""
+    cuda = device.type == "cuda"
+    precision = config.precision if config.precision != "auto" else ("bf16" if cuda else "fp32")
+    return Switches(precision, _switch_on(config.channels_last, cuda), _switch_on(config.compile, cuda))
+
+
+def _switch_on(value: bool | str, cuda: bool) -> bool:
+    return cuda if value == "auto" else bool(value)
+
+
 class StepResult(NamedTuple):
     """What one training step computed, for the tally and the sampler's credit."""
 
@@ -30,7 +53,9 @@ class Trainer:
 
     One seed drives initialisation (the global RNG, seeded by the caller before it built
     `model`), sampling and augmentation: the run's `generator`, seeded here. Weight decay
-    applies to every parameter (docs/methods.md, Budget and schedule).
+    applies to every parameter (docs/methods.md, Budget and schedule). The switches
+    (precision, channels_last, compile) hold for every forward: training, scoring and
+    evaluation alike.
     """
 
     def __init__(self, config: RunConfig, data: DeviceData, model: torch.nn.Module, device: torch.device) -> None:
@@ -38,10 +63,11 @@ class Trainer:
         self.data = data
         self.device = device
         self.cuda = device.type == "cuda"
-        if self.cuda:
+        self.switches = resolve_switches(config, device)
+        if self.switches.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.forward_model = torch.compile(model) if (config.compile and self.cuda) else model
+        self.forward_model = torch.compile(model) if self.switches.compiled else model
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=config.lr, momentum=config.momentum,
             weight_decay=config.weight_decay, nesterov=False,
@@ -59,10 +85,10 @@ class Trainer:
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         inputs = (images.float() - self.data.mean) * self.data.inv_std
-        return inputs.contiguous(memory_format=torch.channels_last) if self.cuda else inputs
+        return inputs.contiguous(memory_format=torch.channels_last) if self.switches.channels_last else inputs
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.switches.precision == "bf16"):
             return self.forward_model(inputs)
 
     def score(self, indices: torch.Tensor, train_mode: bool) -> tuple[torch.Tensor, ...]:
