@@ -113,6 +113,8 @@ class RunConfig:
     channels_last: bool | str = "auto"  # true | false | auto
     compile: bool | str = False  # torch.compile the model: true (inductor, CPU too) | false | auto
     threads: int = 0  # CPU threads for torch; 0 = torch's default
+    # --- run folder
+    keep_checkpoint: bool = False  # keep checkpoint.pt once the run is done (it is removed otherwise)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}

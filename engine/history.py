@@ -1,5 +1,6 @@
 """Reading the history: filters over run records, the differences between two runs and
-the per-epoch metrics of a run; and removing finished runs. Must not import torch.
+the per-epoch metrics of a run; removing finished runs, and the checkpoints of finished
+runs. Must not import torch.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 from engine.annotations import annotations, check_tag
 from engine.config import CHOICES, convert_value, field_types
 from engine.errors import BadInput, WrongState
-from engine.paths import METRICS_NAME, run_dir
+from engine.paths import CHECKPOINT_NAME, METRICS_NAME, run_dir
 from engine.queue import FINISHED, reconcile
+from engine.records import RunState
 from engine.store import Store, storage_error
 
 RECORD_FILTER_KEYS = ("state", "preset")
@@ -129,3 +131,48 @@ def remove_runs(store: Store, home: Path, run_ids: list[int]) -> list[int]:
         except OSError as error:
             raise storage_error(error, f"delete the folder of removed run {run_id}:", folder) from None
     return removed
+
+
+# Runs whose checkpoint no longer serves: done for good, or stopped by the user (retrying a
+# cancelled run whose checkpoint was pruned starts it over).
+PRUNABLE = (RunState.DONE, RunState.CANCELLED)
+
+
+def checkpoints_to_prune(store: Store, home: Path) -> list[dict[str, Any]]:
+    """The checkpoints that finished runs (PRUNABLE) still keep: {"id", "state", "path",
+    "bytes"} each, in id order. Runs that may still resume (running, interrupted, failed,
+    queued) are never listed."""
+    found = (_prunable(home, record) for record in store.list_runs())
+    return sorted((entry for entry in found if entry is not None), key=lambda entry: entry["id"])
+
+
+def prune_checkpoints(store: Store, home: Path, run_ids: list[int]) -> list[dict[str, Any]]:
+    """Delete the checkpoints of runs `run_ids` that are still PRUNABLE, checked under the
+    store's lock so that no retry or claim can make one resumable meanwhile; returns those
+    deleted, as checkpoints_to_prune lists them (their bytes are what was freed)."""
+    pruned = []
+    with store.transaction() as table:  # read only: the lock is what it is held for
+        for run_id in dict.fromkeys(run_ids):
+            record = table.get(doc_id=run_id)
+            entry = None if record is None else _prunable(home, {**record, "id": run_id})
+            if entry is None:
+                continue
+            try:
+                Path(entry["path"]).unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                raise storage_error(error, f"delete the checkpoint of run {run_id}:", Path(entry["path"])) from None
+            pruned.append(entry)
+    return pruned
+
+
+def _prunable(home: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    if record.get("state") not in PRUNABLE:
+        return None
+    path = run_dir(home, record["id"]) / CHECKPOINT_NAME
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None
+    return {"id": record["id"], "state": record["state"], "path": str(path), "bytes": size}

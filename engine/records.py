@@ -66,6 +66,17 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def parse_time(stamp: str | None) -> dt.datetime | None:
+    """A record's ISO timestamp (`now`) as an aware datetime, or None."""
+    if not stamp:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """The package version, plus the git commit when running from a checkout."""

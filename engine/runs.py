@@ -19,9 +19,9 @@ from engine.atomic import write_atomic
 from engine.config import RunConfig
 from engine.errors import BadInput, BudgetTuiError, NotFound
 from engine.events import EventHandler, RunSummary, TrainingEvent
-from engine.paths import LOG_NAME, PROGRESS_NAME, TRACEBACK_NAME, run_dir
+from engine.paths import CHECKPOINT_NAME, LOG_NAME, PROGRESS_NAME, TRACEBACK_NAME, run_dir
 from engine.processes import process_identity
-from engine.records import RunState, TransitionRefused, change_state, now
+from engine.records import RunState, TransitionRefused, change_state, now, parse_time
 from engine.store import Store, storage_error
 
 PROGRESS_MIN_INTERVAL_S = 1.0  # progress.json rewrites per run, at most this often
@@ -84,8 +84,9 @@ def execute_run(
             "traceback_file": write_traceback(folder)})
         log.close(f"error: {cause}")
         raise
-    finish_if_running(store, run_id, RunState.DONE, summary=compact_summary(summary),
-                      outcome={"exit_code": 0, "message": "ok"})
+    if finish_if_running(store, run_id, RunState.DONE, summary=compact_summary(summary),
+                         outcome={"exit_code": 0, "message": "ok"}) and not config.keep_checkpoint:
+        remove_checkpoint(folder)
     log.close()
     return summary
 
@@ -161,7 +162,8 @@ class RunLog:
 def prepare_run_folder(folder: Path, config: RunConfig) -> None:
     """Create the run folder and record the run's config in it. A folder that already holds
     another config belongs to another run: its checkpoint must never be resumed as this
-    run's (BadInput naming the keys that differ)."""
+    run's (BadInput naming the keys that differ). A key the saved config lacks (a field
+    added since) counts as its default."""
     wanted = json.loads(json.dumps(config.to_dict()))  # as it reads back: tuples become lists
     path = folder / CONFIG_NAME
     try:
@@ -175,11 +177,27 @@ def prepare_run_folder(folder: Path, config: RunConfig) -> None:
                        f"it may belong to another run") from None
     except OSError as error:
         raise storage_error(error, "prepare the run folder", folder) from None
+    # A folder written before a field existed ran with that field's default.
+    saved = {**json.loads(json.dumps(RunConfig().to_dict())), **saved}
     differing = sorted(key for key in wanted.keys() | saved.keys() if wanted.get(key) != saved.get(key))
     if differing:
         changes = "; ".join(f"{key}: {saved.get(key)!r} there, {wanted.get(key)!r} here" for key in differing)
         raise BadInput(f"run folder {folder} holds a run of another config ({path}), refusing to resume "
                        f"its checkpoint: {changes}")
+
+
+def remove_checkpoint(folder: Path) -> int:
+    """Delete a done run's checkpoint.pt; the bytes freed. Only once the record says done: a
+    crash before that leaves the run resumable (it is found interrupted and its checkpoint
+    finishes it again). A checkpoint that cannot be deleted costs room, not the run's
+    outcome: `history prune-checkpoints` removes it later."""
+    path = folder / CHECKPOINT_NAME
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except OSError:
+        return 0
+    return size
 
 
 def remove_temporary_files(folder: Path) -> None:
@@ -273,14 +291,25 @@ class ProgressWriter:
 
 
 def read_progress(record: dict[str, Any]) -> dict[str, Any]:
-    """The live progress of a run (empty if it has none yet)."""
+    """The live progress of a run's current attempt (empty if it has none yet). `queue ls`
+    and the terminal UI both read it here, so they agree on what a run has done."""
     folder = record.get("run_dir")
     if not folder:
         return {}
     try:
-        return json.loads((Path(folder) / PROGRESS_NAME).read_text(encoding="utf-8"))
+        progress = json.loads((Path(folder) / PROGRESS_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return current_progress(record, progress) if isinstance(progress, dict) else {}
+
+
+def current_progress(record: dict[str, Any], progress: dict[str, Any]) -> dict[str, Any]:
+    """`progress` unless it was written before the run's current attempt started (a resumed
+    run keeps the last attempt's file until its new process writes): then none yet."""
+    started, updated = parse_time(record.get("started_at")), progress.get("updated_at")
+    if started is not None and isinstance(updated, (int, float)) and updated < started.timestamp():
+        return {}
+    return progress
 
 
 def last_error_line(log: Path) -> str:

@@ -60,6 +60,7 @@ COMMANDS = {
     "tag": ["tag", "1", "paper"],
     "note": ["note", "1", "text"],
     "history-rm": ["history", "rm", "1", "--yes"],
+    "history-prune-checkpoints": ["history", "prune-checkpoints", "--yes"],
 }
 
 

@@ -36,7 +36,7 @@ INT_FIELDS = ["epochs", "batch_size", "seed", "val_size", "image_size", "crop_pa
 FLOAT_FIELDS = ["budget", "lr", "lr_gamma", "momentum", "weight_decay", "mixup_alpha", "cutmix_alpha", "ricap_beta"]
 CHOICE_FIELDS = ["sampler", "augmentation", "dataset", "device", "budget_mode", "lr_schedule", "fidelity",
                  "score_average"]
-BOOL_FIELDS = ["download", "compile", "score_smoothing"]
+BOOL_FIELDS = ["download", "compile", "score_smoothing", "keep_checkpoint"]
 # Values wrong for every field of the kind (each field's checks refuse "-1" or "0" too, but not all both).
 BAD_INTS = [*UNICODE_NUMBERS, *HUGE, "1.5", "abc", "", "0x10", "1_0", "1e3", "-1", "2 3", "++1", "nan"]
 BAD_FLOATS = [*UNICODE_NUMBERS, "nan", "inf", "-inf", "abc", "", "1e400", "1,5", "0x1p-2", "-1", "1.2.3", "--1"]

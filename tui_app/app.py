@@ -34,7 +34,6 @@ from tui_app.screens.presets import PresetsScreen
 from tui_app.screens.queue import QueueScreen
 from tui_app.screens.queue_form import QueueFormScreen
 from tui_app.screens.run_detail import RunDetailScreen
-from tui_app.widgets.cells import current_progress
 from tui_app.widgets.run_table import RunTable
 
 Clock = Callable[[], dt.datetime]
@@ -184,7 +183,7 @@ class BudgetTuiApp(App[None]):
             reconcile(self.store)  # a run never stays "running" after its process died
             runs, changed = self._history.runs()
         self._version += changed
-        progress = {record["id"]: current_progress(record, read_progress(record))
+        progress = {record["id"]: read_progress(record)
                     for record in runs if record.get("state") == RUNNING}
         return Snapshot(runs=runs, version=self._version, progress=progress, workers=live_workers(self.home),
                         loaded=True)

@@ -1,4 +1,5 @@
-"""`budget-tui` commands on single runs: log, rerun, diff, tag, untag, note and history rm.
+"""`budget-tui` commands on single runs: log, rerun, diff, tag, untag, note, history rm and
+history prune-checkpoints.
 
 Thin like the others (parse, call one engine function, print; --json on stdout), and
 registered on the app by tui_app.cli. Must not import torch.
@@ -25,6 +26,7 @@ def register(app: typer.Typer, history_app: typer.Typer) -> None:
     app.command("untag")(untag)
     app.command("note")(note)
     history_app.command("rm")(history_rm)
+    history_app.command("prune-checkpoints")(history_prune_checkpoints)
 
 
 def _store(home: Any):
@@ -179,3 +181,31 @@ def history_rm(
         print_json({"removed": removed})
     else:
         typer.echo(f"removed {len(removed)} run(s): {', '.join(map(str, removed))}")
+
+
+def history_prune_checkpoints(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete the checkpoint.pt of done and cancelled runs, keeping their summaries, metrics and
+    logs (asks first unless --yes). A run that may resume (queued, running, interrupted, failed)
+    keeps its checkpoint; a cancelled run retried after this starts over."""
+    from engine.analysis.plots import compact_number
+    from engine.history import checkpoints_to_prune, prune_checkpoints
+
+    home_dir, store = resolve_home(home), _store(home)
+    found = checkpoints_to_prune(store, home_dir)
+    if found and not yes:
+        ids = ", ".join(str(entry["id"]) for entry in found)
+        typer.confirm(f"delete the checkpoints of {len(found)} finished run(s) ({ids}), "
+                      f"{compact_number(sum(entry['bytes'] for entry in found), unit='B')}?", abort=True, err=True)
+    pruned = prune_checkpoints(store, home_dir, [entry["id"] for entry in found]) if found else []
+    freed = sum(entry["bytes"] for entry in pruned)
+    if as_json:
+        print_json({"pruned": pruned, "bytes_freed": freed})
+    elif pruned:
+        typer.echo(f"deleted {len(pruned)} checkpoint(s), {compact_number(freed, unit='B')} freed: "
+                   f"run(s) {', '.join(str(entry['id']) for entry in pruned)}")
+    else:
+        typer.echo("no done or cancelled run keeps a checkpoint")

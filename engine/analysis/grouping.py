@@ -16,7 +16,7 @@ from engine.errors import BadInput
 
 IGNORED_FIELDS = ("seed",)  # seeds are what a cell averages over
 # Fields that describe how a run executes, not what it computes: never a reason to split cells.
-EXECUTION_FIELDS = ("device", "threads", "compile", "channels_last", "download", "data_path")
+EXECUTION_FIELDS = ("device", "threads", "compile", "channels_last", "download", "data_path", "keep_checkpoint")
 
 
 def check_fields(names: Iterable[str], option: str) -> None:

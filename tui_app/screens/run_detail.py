@@ -29,9 +29,10 @@ from engine.config import RunConfig
 from engine.history import load_metrics
 from engine.paths import LOG_NAME, TRACEBACK_NAME, run_dir
 from engine.queue import FINISHED, INTERRUPTED, QUEUED, RETRYABLE, RUNNING
+from engine.records import parse_time
 from tui_app.formatting import format_summary, percent, rate
 from tui_app.screens.base import STARTING_HINT, AppScreen, LatestOnly, Snapshot, is_starting
-from tui_app.widgets.cells import ago, eta_text, parse_time, progress_bar, sparkline, state_text
+from tui_app.widgets.cells import ago, eta_text, progress_bar, sparkline, state_text
 from tui_app.widgets.chart_view import ChartView
 
 LOG_LINES = 15

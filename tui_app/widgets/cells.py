@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from rich.text import Text
 
+from engine.records import parse_time
 from tui_app.formatting import duration
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
@@ -58,17 +59,6 @@ def progress_bar(done: int, total: int, width: int) -> Text:
     return text
 
 
-def parse_time(stamp: str | None) -> dt.datetime | None:
-    """A record's ISO timestamp (engine.runs.now) as an aware datetime, or None."""
-    if not stamp:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(stamp)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
-
-
 def ago(stamp: str | None, now: dt.datetime) -> str:
     """"42s ago", "5m ago", "3h ago", "12d ago" relative to `now`; "-" when unknown."""
     moment = parse_time(stamp)
@@ -96,12 +86,3 @@ def eta_text(progress: dict[str, Any], now: dt.datetime) -> str:
     engine gives one from the average rate since training started, so it does not jump)."""
     seconds = remaining_seconds(progress, now)
     return "~" if seconds is None else duration(seconds)
-
-
-def current_progress(record: dict[str, Any], progress: dict[str, Any]) -> dict[str, Any]:
-    """`progress` unless it was written before the run's current attempt started (a resumed
-    run keeps the last attempt's file until its new process writes): then none yet."""
-    started, updated = parse_time(record.get("started_at")), progress.get("updated_at")
-    if started is not None and updated is not None and updated < started.timestamp():
-        return {}
-    return progress
