@@ -3,12 +3,14 @@
 The app owns the one periodic read of the history (a thread worker, one in flight at a
 time) and hands each new Snapshot down to the screen in view; store writes and process
 control also run in thread workers, and every failure of one ends in `report_error`.
-It calls the same engine functions as the CLI and never imports the training engine.
+It calls the same engine functions as the CLI and never imports the training engine; the
+engine's queue and worker modules are imported by the first read, after the first frame.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -22,19 +24,8 @@ from textual.worker import Worker, WorkerState
 
 from engine.errors import BudgetTuiError
 from engine.paths import history_path
-from engine.queue import RUNNING, is_stale, reconcile
-from engine.runs import read_progress
 from engine.store import HistoryCache, Store
-from engine.worker import WorkerOptions, live_workers, start_detached_worker, stop_workers
 from tui_app.screens.base import AppScreen, ConfirmScreen, LatestOnly, Snapshot
-from tui_app.screens.compare import CompareScreen
-from tui_app.screens.help import HelpScreen
-from tui_app.screens.history import HistoryScreen
-from tui_app.screens.presets import PresetsScreen
-from tui_app.screens.queue import QueueScreen
-from tui_app.screens.queue_form import QueueFormScreen
-from tui_app.screens.run_detail import RunDetailScreen
-from tui_app.widgets.run_table import RunTable
 
 Clock = Callable[[], dt.datetime]
 
@@ -55,6 +46,23 @@ def worker_status(workers: list[dict]) -> str:
         f"pid {info['pid']}, {', '.join(SLOT_WORDS.get(slot, slot) for slot in info.get('slots', [])) or '?'}"
         for info in workers)
     return f"worker: running ({described})"
+
+
+# Where each screen class lives. Only the first screen's module is imported for the first
+# frame; the others (and engine.analysis with the compare screen) when they are first needed.
+SCREEN_CLASSES = {
+    "presets": ("tui_app.screens.presets", "PresetsScreen"), "queue": ("tui_app.screens.queue", "QueueScreen"),
+    "history": ("tui_app.screens.history", "HistoryScreen"), "compare": ("tui_app.screens.compare", "CompareScreen"),
+    "queue form": ("tui_app.screens.queue_form", "QueueFormScreen"),
+    "run detail": ("tui_app.screens.run_detail", "RunDetailScreen"),
+    "help": ("tui_app.screens.help", "HelpScreen"),
+}
+
+
+def screen_class(name: str) -> type:
+    """The class of screen `name` (a key of SCREEN_CLASSES), its module imported on first use."""
+    module, attribute = SCREEN_CLASSES[name]
+    return getattr(importlib.import_module(module), attribute)
 
 
 Command = tuple[str, str, Callable[[], object]]  # (title, help, what it runs)
@@ -83,10 +91,10 @@ class ActionCommands(Provider):
         here = sorted(ours.values())
         elsewhere: list[Command] = []
         for _, mode, label in app.MAIN_SCREENS:
-            screen_class = app.MODES[mode]
-            if isinstance(self.screen, screen_class):
+            main_class = screen_class(mode)
+            if isinstance(self.screen, main_class):
                 continue
-            for binding in screen_class.BINDINGS:
+            for binding in main_class.BINDINGS:
                 if binding.description and binding.action.partition(".")[0] != "app":
                     keys = binding.key_display or app.get_key_display(binding)
                     elsewhere.append((f"{label}: {binding.tooltip or binding.description}",
@@ -120,7 +128,7 @@ class BudgetTuiApp(App[None]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     MAIN_SCREENS = (("1", "presets", "Presets"), ("2", "queue", "Queue"),
                     ("3", "history", "History"), ("4", "compare", "Compare"))
-    MODES = {"presets": PresetsScreen, "queue": QueueScreen, "history": HistoryScreen, "compare": CompareScreen}
+    MODES = {mode: partial(lambda name: screen_class(name)(), mode) for _, mode, _ in MAIN_SCREENS}
     DEFAULT_MODE = "presets"
     BINDINGS = [
         *(Binding(key, f"switch_mode('{mode}')", label, show=False, tooltip=f"Go to {label.lower()}")
@@ -170,6 +178,8 @@ class BudgetTuiApp(App[None]):
 
     @work(thread=True, exit_on_error=False, group="refresh")
     def _read_snapshot(self) -> None:
+        from engine.worker import live_workers
+
         try:
             snapshot = self._snapshot()
         except (BudgetTuiError, OSError) as error:
@@ -178,6 +188,10 @@ class BudgetTuiApp(App[None]):
         self.post_message(self.RunsRefreshed(snapshot))
 
     def _snapshot(self) -> Snapshot:
+        from engine.queue import RUNNING, is_stale, reconcile
+        from engine.runs import read_progress
+        from engine.worker import live_workers
+
         runs, changed = self._history.runs()
         if any(is_stale(record) for record in runs):
             reconcile(self.store)  # a run never stays "running" after its process died
@@ -221,6 +235,8 @@ class BudgetTuiApp(App[None]):
             self.report_error(event.worker.error)
 
     def action_start_worker(self) -> None:
+        from engine.worker import WorkerOptions, live_workers, start_detached_worker
+
         home, data_root = self.home, self.data_root
 
         def start() -> str:
@@ -234,6 +250,8 @@ class BudgetTuiApp(App[None]):
 
     def action_stop_worker(self) -> None:
         """Stop the worker, after a y/n question when one is known to run: its runs stop too."""
+        from engine.worker import stop_workers
+
         home = self.home
 
         def stop() -> str:
@@ -256,22 +274,22 @@ class BudgetTuiApp(App[None]):
     async def run_on_screen(self, mode: str, action: str) -> None:
         """Open main screen `mode` and run one of its actions there (for the palette)."""
         await self.switch_mode(mode)
-        screen_class = self.MODES[mode]
-        target = next((screen for screen in reversed(self.screen_stack) if isinstance(screen, screen_class)),
+        main_class = screen_class(mode)
+        target = next((screen for screen in reversed(self.screen_stack) if isinstance(screen, main_class)),
                       self.screen)
         await self.run_action(action, target)
 
     def action_help(self) -> None:
-        if isinstance(self.screen, HelpScreen):
+        help_screen = screen_class("help")
+        if isinstance(self.screen, help_screen):
             return
-        sections = [
-            ("everywhere", self.BINDINGS), ("presets", PresetsScreen.BINDINGS),
-            ("queue form", QueueFormScreen.BINDINGS), ("queue", QueueScreen.BINDINGS),
-            ("history", HistoryScreen.BINDINGS), ("compare", CompareScreen.BINDINGS),
-            ("run detail", RunDetailScreen.BINDINGS),
-            ("run tables (↑ ↓ pgup pgdn home end move, ← → scroll by a column)", RunTable.BINDINGS),
-        ]
-        self.push_screen(HelpScreen(sections))
+        from tui_app.widgets.run_table import RunTable
+
+        sections = [("everywhere", self.BINDINGS)]
+        sections += [(name, screen_class(name).BINDINGS)
+                     for name in ("presets", "queue form", "queue", "history", "compare", "run detail")]
+        sections.append(("run tables (↑ ↓ pgup pgdn home end move, ← → scroll by a column)", RunTable.BINDINGS))
+        self.push_screen(help_screen(sections))
 
 
 def run_tui(home: Path, data_root: Path | None) -> None:

@@ -14,7 +14,16 @@ Per size, median of several repeats, in seconds:
 Targets: first frame < 1 s, refresh < 0.2 s. Each home holds 2 running runs (with
 progress files), 20 queued ones and finished runs with 20-epoch metrics files.
 
+Start-up (--startup-only skips the table above), min and median over --processes fresh
+processes, beside the goal:
+  import tui_app.app    seconds to import the app module (interpreter start-up excluded)
+  first frame, N runs   `budget-tui --home H` in an 80x24 tmux pane until the first screen
+                        shows, interpreter start-up included (polled every 10 ms)
+With --against REF (a git commit, e.g. main) the same is measured on a checkout of REF in
+a temporary git worktree, in the same run, and shown beside this code's numbers.
+
     python tests/benchmarks/bench_tui.py [--sizes 100,10000] [--repeats 5]
+    python tests/benchmarks/bench_tui.py --startup-only --processes 9 --against main
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -156,12 +166,95 @@ def process_first_frame(home: Path, repeats: int) -> float | None:
     return median(times)
 
 
+STARTUP_GOAL_S = 0.5  # first frame of a fresh process, on an idle machine
+REPOSITORY = Path(__file__).resolve().parents[2]
+IMPORT_APP = "import time; start = time.perf_counter(); import tui_app.app; print(time.perf_counter() - start)"
+RUN_CLI = "import sys; from tui_app.cli import main; sys.argv[0] = 'budget-tui'; sys.exit(main())"
+
+
+def code_env(root: Path) -> dict[str, str]:
+    """The environment that makes this interpreter import the project from `root`."""
+    return {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "0"}
+
+
+def import_times(root: Path, processes: int) -> list[float]:
+    return [float(subprocess.run([sys.executable, "-c", IMPORT_APP], env=code_env(root), cwd=root, check=True,
+                                 capture_output=True, text=True).stdout) for _ in range(processes)]
+
+
+def first_frames(root: Path, home: Path, processes: int) -> list[float]:
+    """Seconds from launching a fresh `budget-tui --home H` until its first screen shows."""
+    from test_tui_pty import Pane
+
+    command = f"env TERM=xterm-256color PYTHONPATH={root} {sys.executable} -c \"{RUN_CLI}\" --home {home}"
+    times = []
+    for _ in range(processes):
+        with tempfile.TemporaryDirectory() as folder:
+            start = time.perf_counter()
+            pane = Pane(Path(folder), command)
+            try:
+                while not all(text in pane.screen() for text in ("1 Presets", "quit")):
+                    if time.perf_counter() - start > 30:
+                        raise TimeoutError(f"no first frame; the pane reads:\n{pane.screen()}")
+                    time.sleep(0.01)
+                times.append(time.perf_counter() - start)
+            finally:
+                pane.close()
+    return times
+
+
+def startup(roots: dict[str, Path], sizes: list[int], processes: int) -> None:
+    """Print min / median of each start-up measure for each checkout, beside the goal."""
+    rows: dict[str, dict[str, list[float]]] = {"import tui_app.app": {}}
+    for name, root in roots.items():
+        import_times(root, 1)  # compiles the checkout's bytecode once, outside the timing
+        rows["import tui_app.app"][name] = import_times(root, processes)
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            home = Path(folder)
+            build_home(home, size)
+            rows[f"first frame, {size} runs"] = {name: first_frames(root, home, processes)
+                                                 for name, root in roots.items()}
+    print(f"start-up, seconds over {processes} fresh processes (load before: {os.getloadavg()[0]:.2f})")
+    print(f"{'':<24}" + "".join(f"{f'{name} min / median':>24}" for name in roots) + f"{'goal':>8}")
+    for measure, by_code in rows.items():
+        goal = f"{STARTUP_GOAL_S:>8.2f}" if measure.startswith("first frame") else f"{'-':>8}"
+        print(f"{measure:<24}" + "".join(
+            f"{f'{min(values):.3f} / {median(values):.3f}':>24}" for values in by_code.values()) + goal)
+
+
+def checkout(ref: str, folder: Path) -> Path:
+    """A checkout of `ref` in a temporary git worktree under `folder`."""
+    root = folder / "checkout"
+    subprocess.run(["git", "-C", str(REPOSITORY), "worktree", "add", "--detach", str(root), ref], check=True,
+                   capture_output=True)
+    return root
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100,10000")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--processes", type=int, default=7, help="fresh processes per start-up measure")
+    parser.add_argument("--against", metavar="REF", help="also measure the start-up of git commit REF")
+    parser.add_argument("--startup-only", action="store_true", help="measure the start-up only")
     arguments = parser.parse_args()
     sizes = [int(value) for value in arguments.sizes.split(",")]
+    if shutil.which("tmux") is None:
+        print("start-up: skipped (tmux is not installed)")
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            roots = {"this code": REPOSITORY}
+            if arguments.against:
+                roots = {arguments.against: checkout(arguments.against, Path(folder)), **roots}
+            try:
+                startup(roots, sizes, arguments.processes)
+            finally:
+                if arguments.against:
+                    subprocess.run(["git", "-C", str(REPOSITORY), "worktree", "remove", "--force",
+                                    str(roots[arguments.against])], capture_output=True)
+    if arguments.startup_only:
+        return
     columns: dict[int, dict[str, float | None]] = {}
     for size in sizes:
         with tempfile.TemporaryDirectory() as name:

@@ -18,8 +18,6 @@ from textual.widget import Widget
 from textual.widgets import Footer, Header, Static
 from textual.worker import Worker, WorkerState
 
-from engine import queue
-from engine.slurm import display_state
 from tui_app.widgets.screen_bar import ScreenBar
 
 if TYPE_CHECKING:
@@ -53,6 +51,9 @@ class Snapshot:
 
 def is_starting(record: dict[str, Any], progress: dict[str, Any]) -> bool:
     """Running, not waiting in a Slurm queue, and without progress of this attempt yet."""
+    from engine import queue  # the engine's queue and Slurm modules: after the first frame
+    from engine.slurm import display_state
+
     return display_state(record) == queue.RUNNING and not progress.get("steps")
 
 
@@ -142,6 +143,8 @@ class AppScreen(Screen):
     # --- run actions shared by the queue, the history and the run detail
     def cancel_run(self, run_id: int) -> None:
         """Cancel a run; one that is running is stopped, so that is asked first."""
+        from engine import queue
+
         store = self.budget_app.store
 
         def cancel(confirmed: bool | None = True) -> None:
@@ -157,6 +160,8 @@ class AppScreen(Screen):
 
     def retry_run(self, run_id: int) -> None:
         """Queue a failed, cancelled or interrupted run again; it resumes from its checkpoint."""
+        from engine import queue
+
         store = self.budget_app.store
         self.budget_app.perform(lambda: describe_outcome(queue.retry(store, [run_id])))
 

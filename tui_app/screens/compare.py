@@ -31,6 +31,7 @@ from tui_app.widgets.chart_view import ChartView
 from tui_app.widgets.filter_bar import FilterBar
 
 NOTHING_YET = "nothing to compare yet: the pivot fills in as runs finish"
+COMPUTING = "computing the comparison…"
 CURVES_PER_CHART = 4  # more overlapping curves cannot be told apart in a text chart
 
 
@@ -105,7 +106,14 @@ class CompareScreen(AppScreen):
 
     def show_snapshot(self, snapshot: Snapshot) -> None:
         if snapshot.version != self._built_version or snapshot.error:
-            self._builds.ask()
+            self._ask_build()
+
+    def _ask_build(self) -> None:
+        """Build the comparison again, after the screen has drawn its "computing" state: the
+        build holds the interpreter for a while, and the screen switched to must show at once."""
+        if self._built_version < 0 and self.snapshot.loaded and not self.snapshot.error:
+            self.query_one("#compare-problem", Static).update(COMPUTING)
+        self.call_after_refresh(self._builds.ask)
 
     @work(thread=True, exit_on_error=False, group="compare")
     def _build(self) -> None:

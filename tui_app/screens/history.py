@@ -23,7 +23,6 @@ from textual.worker import Worker
 from engine.history import filter_runs, load_metrics
 from engine.queue import FINISHED
 from tui_app.screens.base import AppScreen, LatestOnly, Snapshot
-from tui_app.screens.run_detail import RunDetailScreen
 from tui_app.formatting import percent
 from tui_app.widgets.cells import ago, sparkline, state_text
 from tui_app.widgets.filter_bar import FilterBar
@@ -244,6 +243,8 @@ class HistoryScreen(AppScreen):
 
     # --- runs
     def on_run_table_row_selected(self, message: RunTable.RowSelected) -> None:
+        from tui_app.screens.run_detail import RunDetailScreen  # imported on first use: start-up
+
         self.app.push_screen(RunDetailScreen(int(message.key), self.MODE))
 
     def action_retry(self) -> None:

@@ -19,7 +19,6 @@ from textual.worker import Worker, WorkerState
 from engine.errors import explain
 from engine.presets import PresetListing, scan_presets
 from tui_app.screens.base import AppScreen
-from tui_app.screens.queue_form import QueueFormScreen
 
 
 def preview(entry: PresetListing) -> Text:
@@ -113,4 +112,6 @@ class PresetsScreen(AppScreen):
         if entry.preset is None:
             self.notify(entry.error or "this preset does not load", severity="error")
             return
+        from tui_app.screens.queue_form import QueueFormScreen  # imported on first use: start-up
+
         self.app.push_screen(QueueFormScreen(entry.preset))

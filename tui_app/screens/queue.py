@@ -17,7 +17,6 @@ from engine.queue import INTERRUPTED, QUEUED, RUNNING, queue_order, set_priority
 from engine.slurm import display_state
 from tui_app.formatting import percent, rate
 from tui_app.screens.base import STARTING_HINT, AppScreen, Snapshot, is_starting
-from tui_app.screens.run_detail import RunDetailScreen
 from tui_app.widgets.cells import eta_text, progress_bar, state_text
 from tui_app.widgets.run_table import Cells, Column, RunTable
 
@@ -108,6 +107,8 @@ class QueueScreen(AppScreen):
         return None if key is None else self.snapshot.run(int(key))
 
     def on_run_table_row_selected(self, message: RunTable.RowSelected) -> None:
+        from tui_app.screens.run_detail import RunDetailScreen  # imported on first use: start-up
+
         self.app.push_screen(RunDetailScreen(int(message.key), self.MODE))
 
     def action_cancel(self) -> None:
