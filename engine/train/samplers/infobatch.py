@@ -55,8 +55,9 @@ class InfoBatchSampler(UniformSubsetSampler):
         return steps_run + pruned_epochs_left * self._epoch_steps + full_epochs_left * self.plan.steps_per_epoch
 
     def observe(self, credit: Credit) -> None:
-        # A batch's indices are distinct, so the copy has no write conflicts; losses come
-        # in bfloat16 under CUDA autocast.
+        # A batch's indices are distinct, so the copy has no write conflicts. Losses are
+        # float32 (computed from logits cast to float32); the cast keeps the store's dtype
+        # whatever a future caller passes.
         self.latest_loss.index_copy_(0, credit.indices, credit.losses.to(self.latest_loss.dtype))
 
     def epoch_batches(self, epoch: int, scorer: Scorer) -> Iterator[Batch]:
