@@ -63,7 +63,9 @@ def test_a_foreground_run_keeps_a_log_that_log_prints(tmp_path):
     assert events == ["start", "epoch", "done"]  # as a worker's child prints them: no steps
 
     printed = invoke(tmp_path, "log", str(run_id))
-    assert printed.exit_code == 0 and printed.stdout.splitlines() == lines
+    assert printed.exit_code == 0 and printed.stdout.splitlines()[0] == lines[0]  # not an event: as written
+    assert printed.stdout.splitlines()[1].startswith("start on cpu: ")  # events read as words, not JSON
+    assert printed.stdout.splitlines()[-1].startswith("done: final test acc ")
     as_json = json.loads(invoke(tmp_path, "log", str(run_id), "--json").stdout)
     assert as_json["log"].splitlines() == lines and as_json["path"] == str(tmp_path / str(run_id) / "log.txt")
 
@@ -92,12 +94,20 @@ def test_follow_prints_the_log_as_it_grows_until_the_run_ends(tmp_path, monkeypa
     assert "".join(chunks) == "first\ncafé\nlast\n" and not steps  # ended only once the run did
 
 
+def test_log_lines_formats_whole_lines_from_pieces():
+    from tui_app.formatting import log_lines
+
+    epoch = '{"event": "epoch", "epoch": 2, "total_epochs": 3}'
+    pieces = ["--- start\n" + epoch[:10], epoch[10:] + "\n", "tail without newline"]
+    assert list(log_lines(pieces)) == ["--- start", "epoch 2/3", "tail without newline"]
+
+
 def test_follow_ends_when_the_running_process_is_gone(tmp_path):
     run_id = add(tmp_path, "running", process=dead_process())
     (tmp_path / str(run_id)).mkdir()
     (tmp_path / str(run_id) / "log.txt").write_text("--- start\npartial")
     result = invoke(tmp_path, "log", str(run_id), "--follow")
-    assert result.exit_code == 0 and result.stdout == "--- start\npartial"
+    assert result.exit_code == 0 and result.stdout == "--- start\npartial\n"
 
 
 # --- rerun

@@ -1033,7 +1033,7 @@ def test_worker_slots_and_counts_read_as_words():
 
 
 def test_the_log_tail_reads_as_words():
-    from tui_app.screens.run_detail import log_line
+    from tui_app.formatting import log_line
 
     start = {"event": "start", "plan": {"total_steps": 279, "epochs": 3, "steps_per_epoch": 93}, "device": "cpu",
              "epoch": 0}

@@ -42,16 +42,18 @@ def log(
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Print a run's log: <home>/<id>/log.txt, what its process printed (events as JSON lines)."""
+    """Print a run's log, <home>/<id>/log.txt, with its events (JSON lines in the file) as
+    readable lines; --json gives the file's text as it is."""
     from engine.logs import follow_log, log_path, read_log
+    from tui_app.formatting import log_lines
 
     if as_json and follow:
         raise BadInput("--json prints the whole log at once; leave out --follow")
     home_dir, store = resolve_home(home), _store(home)
     if follow:
         try:
-            for text in follow_log(store, home_dir, run_id):
-                typer.echo(text, nl=False)
+            for line in log_lines(follow_log(store, home_dir, run_id)):
+                typer.echo(line)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         return
@@ -61,7 +63,8 @@ def log(
         print_json({"id": run_id, "state": record.get("state"), "path": str(log_path(home_dir, record)),
                     "log": text})
     else:
-        typer.echo(text, nl=False)
+        for line in log_lines([text]):
+            typer.echo(line)
 
 
 def rerun(

@@ -8,7 +8,6 @@ refresh while the run is running.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -30,7 +29,7 @@ from engine.history import load_metrics
 from engine.paths import LOG_NAME, TRACEBACK_NAME, run_dir
 from engine.queue import FINISHED, INTERRUPTED, QUEUED, RETRYABLE, RUNNING
 from engine.records import parse_time
-from tui_app.formatting import format_summary, percent, rate
+from tui_app.formatting import format_summary, log_line, percent, rate
 from tui_app.screens.base import STARTING_HINT, AppScreen, LatestOnly, Snapshot, is_starting
 from tui_app.widgets.cells import ago, eta_text, progress_bar, sparkline, state_text
 from tui_app.widgets.chart_view import ChartView
@@ -164,41 +163,6 @@ def config_table(config: dict[str, Any]) -> Table:
             cells += [Text(("*" if changed else " ") + key), Text(str(value), style="bold" if changed else "")]
         table.add_row(*cells)
     return table
-
-
-def log_line(line: str) -> str:
-    """One line of the run's log as a reader wants it: the child prints its events as JSON
-    (start, resume, each epoch, done); other lines (the worker's, warnings) stay as they are."""
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return line
-    if not isinstance(event, dict) or "event" not in event:
-        return line
-    kind = event["event"]
-    if kind == "start" and isinstance(event.get("plan"), dict):
-        plan = event["plan"]
-        return (f"start on {event.get('device', '?')}: {plan.get('total_steps', '?')} steps in "
-                f"{plan.get('epochs', '?')} epochs of {plan.get('steps_per_epoch', '?')}")
-    if kind == "resume":
-        return f"resume after epoch {event.get('epoch', '?')} (step {event.get('step', '?')})"
-    if kind == "epoch":
-        parts = [f"epoch {event.get('epoch', '?')}" + (f"/{event['total_epochs']}" if "total_epochs" in event else "")]
-        if "step" in event:
-            parts.append(f"step {event['step']}" + (f"/{event['total_steps']}" if "total_steps" in event else ""))
-        if isinstance(event.get("train_loss"), (int, float)):
-            parts.append(f"train loss {event['train_loss']:.4f}")
-        if isinstance(event.get("test_acc"), (int, float)):
-            parts.append(f"test acc {percent(event['test_acc'], 2)}")
-        if isinstance(event.get("images_per_s"), (int, float)):
-            parts.append(f"{rate(event['images_per_s'])} images/s")
-        return " · ".join(parts)
-    if kind == "done" and isinstance(event.get("summary"), dict):
-        summary = event["summary"]
-        return (f"done: final test acc {percent(summary.get('final_test_acc'), 2)} "
-                f"after {summary.get('steps', '?')} steps")
-    details = ", ".join(f"{key} {value}" for key, value in event.items() if key != "event")
-    return f"{kind}: {details}" if details else str(kind)
 
 
 def log_text(files: RunFiles) -> Text:
