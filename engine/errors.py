@@ -8,6 +8,8 @@ Must not import torch.
 
 from __future__ import annotations
 
+TRACEBACK_ENV = "BUDGET_TUI_TRACEBACK"  # set to 1 to see where an unexpected error came from
+
 
 class BudgetTuiError(Exception):
     """Base of every error a user may see as one clear line."""

@@ -22,14 +22,11 @@ try:  # newer typer vendors click as typer._click; older releases use click itse
 except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError
 
-from engine.errors import BadInput, BudgetTuiError, NotFound, explain, one_line
+from engine.errors import TRACEBACK_ENV, BadInput, BudgetTuiError, NotFound, explain, one_line
 from engine.paths import DATA_ENV, HOME_ENV, history_path, resolve_data_root, resolve_home
 from tui_app.cli_common import DataRootOption, HomeOption, JsonOption, print_json
 from tui_app.commands_runs import register as register_run_commands
 from tui_app.formatting import duration, format_summary, percent, rate
-
-
-TRACEBACK_ENV = "BUDGET_TUI_TRACEBACK"  # set to 1 to see where an unexpected error came from
 
 
 class DomainErrorsToExitCodes(TyperGroup):

@@ -169,7 +169,14 @@ def process_first_frame(home: Path, repeats: int) -> float | None:
 STARTUP_GOAL_S = 0.5  # first frame of a fresh process, on an idle machine
 REPOSITORY = Path(__file__).resolve().parents[2]
 IMPORT_APP = "import time; start = time.perf_counter(); import tui_app.app; print(time.perf_counter() - start)"
-RUN_CLI = "import sys; from tui_app.cli import main; sys.argv[0] = 'budget-tui'; sys.exit(main())"
+# The console script's entry point (a checkout from before tui_app.launch used the CLI's).
+RUN_CLI = "import sys; from {module} import main; sys.argv[0] = 'budget-tui'; sys.exit(main())"
+
+
+def entry_point(root: Path) -> str:
+    """The module of the console script's `main` in checkout `root`. Looked up by file: an
+    editable install would find a module missing from `root` in the installed tree."""
+    return "tui_app.launch" if (root / "tui_app" / "launch.py").exists() else "tui_app.cli"
 
 
 def code_env(root: Path) -> dict[str, str]:
@@ -186,7 +193,7 @@ def first_frames(root: Path, home: Path, processes: int) -> list[float]:
     """Seconds from launching a fresh `budget-tui --home H` until its first screen shows."""
     from test_tui_pty import Pane
 
-    command = f"env TERM=xterm-256color PYTHONPATH={root} {sys.executable} -c \"{RUN_CLI}\" --home {home}"
+    command = f"env TERM=xterm-256color PYTHONPATH={root} {sys.executable} -c \"{RUN_CLI.format(module=entry_point(root))}\" --home {home}"
     times = []
     for _ in range(processes):
         with tempfile.TemporaryDirectory() as folder:
