@@ -6,6 +6,8 @@ run's liveness comes from Slurm (squeue, scontrol, then sacct where accounting i
 from a pid: the record keeps {"job_id", "state", "reason"} under "slurm". Jobs outlive the
 worker that submitted them; a later worker follows them again. Near its time limit a job is
 signalled, and submitit requeues it; the requeued job resumes from the run's last checkpoint.
+With `array = N` a worker submits up to N claimed runs at once as one job array, whose
+tasks Slurm runs at most max_jobs at a time; each task is one run, its id `<array>_<task>`.
 Must not import torch; submitit is imported only to submit or inside a job.
 """
 
@@ -31,6 +33,7 @@ from engine.store import Store
 
 SETTINGS_NAME = "slurm.toml"  # <home>/slurm.toml: the job settings of this home
 JOB_FOLDER = "slurm"  # <run dir>/slurm: submitit's scripts, pickles and the job's own output
+ARRAYS_FOLDER = "slurm-arrays"  # <home>/slurm-arrays/<array id>: the same for each job array
 # Job states in which the job may still produce its run's result.
 ACTIVE_STATES = frozenset({
     "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
@@ -50,7 +53,8 @@ class SlurmSettings:
     mem: str | None = None  # as sbatch takes it: 4G, 500M
     account: str | None = None
     sbatch: tuple[str, ...] = ()  # extra sbatch flags, e.g. "--qos=high", "--exclusive"
-    max_jobs: int = 4  # jobs in flight at once
+    max_jobs: int = 4  # jobs in flight at once (with array: tasks of the array running at once)
+    array: int = 0  # up to this many runs go as one job array; 0: each run is its own job
     signal_delay_s: int = 90  # the job is signalled this long before its time limit, to checkpoint
     max_requeues: int = 3  # time limits a run may hit and be requeued before it is left interrupted
 
@@ -90,7 +94,7 @@ class SlurmSettings:
                 if not isinstance(value, str) or not value.strip():
                     raise BadInput(f"{where}{key} takes a non-empty string, got {value!r}")
             else:
-                least = 0 if name in ("gpus_per_run", "max_requeues") else 1
+                least = 0 if name in ("gpus_per_run", "max_requeues", "array") else 1
                 if type(value) is not int or value < least:
                     raise BadInput(f"{where}{key} takes a whole number >= {least}, got {value!r}")
             changes[name] = value
@@ -220,6 +224,13 @@ def display_state(record: dict[str, Any]) -> str:
 
 
 # --- the job, on the node
+def this_job_id() -> str:
+    """The id of the job running this process as the record holds it: `<array>_<task>` for a
+    task of a job array (Slurm gives each task a job id of its own as well), else the job's."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "?")
+
+
 class HomeNotShared(BudgetTuiError):
     """The node running a job cannot see the home: it is not on a filesystem the nodes share."""
 
@@ -241,7 +252,7 @@ class ChildJob:
                                 f"a filesystem that the cluster's nodes share")
         log = run_dir(home, self.run_id) / LOG_NAME
         with open(log, "ab") as output:  # the run's log, as with a local worker
-            output.write(f"--- {now()} slurm job {os.environ.get('SLURM_JOB_ID', '?')} "
+            output.write(f"--- {now()} slurm job {this_job_id()} "
                          f"on {socket.gethostname()}\n".encode())
             output.flush()
             for stream in (sys.stdout, sys.stderr):
@@ -296,32 +307,60 @@ class SlurmExecutor:
     def store(self) -> Store:
         return Store(history_path(self.home))
 
+    @property
+    def submits_arrays(self) -> bool:
+        """True: the worker hands its claimed runs over together (`start_array`)."""
+        return self.settings.array > 0
+
     def start(self, record: dict[str, Any], slot: Any) -> SlurmRun:
+        """Submit one run as one job; its files go in <run dir>/slurm."""
+        return self._submit([record], run_dir(self.home, record["id"]) / JOB_FOLDER, {})[0]
+
+    def start_array(self, records: list[dict[str, Any]]) -> list[SlurmRun]:
+        """Submit the runs as one job array (one task each) that runs at most max_jobs tasks
+        at once; its files go in <home>/slurm-arrays/<array id>."""
+        return self._submit(records, self.home / ARRAYS_FOLDER / "%A",
+                            {"array_parallelism": self.settings.max_jobs})
+
+    def _submit(self, records: list[dict[str, Any]], folder: Path, extra: dict[str, Any]) -> list[SlurmRun]:
+        """One sbatch for all `records` (an array when there are several); each job id is
+        written to its run's record, and a run cancelled meanwhile has its job cancelled.
+        BudgetTuiError, naming the runs, if Slurm refuses."""
         import submitit
 
-        run_id = record["id"]
-        folder = run_dir(self.home, run_id) / JOB_FOLDER
+        ids = ", ".join(str(record["id"]) for record in records)
         data_root = str(self.data_root) if self.data_root is not None else None
         try:
+            for record in records:  # the job writes the run's log there from its first line
+                run_dir(self.home, record["id"]).mkdir(parents=True, exist_ok=True)
             executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=self.settings.max_requeues)
-            executor.update_parameters(**self.settings.submitit_parameters())
-            job = executor.submit(ChildJob(str(self.home), run_id, data_root))
+            executor.update_parameters(**self.settings.submitit_parameters(), **extra)
+            with executor.batch():
+                jobs = [executor.submit(ChildJob(str(self.home), record["id"], data_root)) for record in records]
         except OSError as error:
-            raise BudgetTuiError(f"cannot submit run {run_id} to Slurm: {error}") from None
+            raise BudgetTuiError(f"cannot submit run {ids} to Slurm: {error}") from None
         except (subprocess.CalledProcessError, RuntimeError, ValueError) as error:
             said = getattr(error, "stderr", None) or getattr(error, "output", None) or error
             said = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
-            raise BudgetTuiError(f"sbatch refused run {run_id}: {said.strip().splitlines()[-1] if said.strip() else error}") from None
-        run = SlurmRun(run_id, str(job.job_id), self)
-        if not note_job(self.store, run_id, {"job_id": run.job_id, "state": "PENDING", "reason": "",
-                                             "submitted_at": now()}):
-            cancel_job(run.job_id)  # cancelled while it was submitted: the job must not wait for a node
-        return run
+            raise BudgetTuiError(f"sbatch refused run {ids}: {said.strip().splitlines()[-1] if said.strip() else error}") from None
+        runs = []
+        for record, job in zip(records, jobs):
+            run = SlurmRun(record["id"], str(job.job_id), self, folder=job.paths.folder)
+            news = {"job_id": run.job_id, "state": "PENDING", "reason": "", "submitted_at": now()}
+            if run.folder != run_dir(self.home, record["id"]) / JOB_FOLDER:
+                news["folder"] = str(run.folder)  # an array's files are not in the run's folder
+            if not note_job(self.store, record["id"], news):
+                cancel_job(run.job_id)  # cancelled while it was submitted: the job must not wait for a node
+            runs.append(run)
+        return runs
 
     def follow(self, record: dict[str, Any]) -> SlurmRun | None:
         job_id = job_of(record)
-        return SlurmRun(record["id"], job_id, self, seen=(record.get("slurm") or {}).get("state", "")) \
-            if job_id else None
+        if not job_id:
+            return None
+        job = record.get("slurm") or {}
+        return SlurmRun(record["id"], job_id, self, seen=job.get("state", ""),
+                        folder=Path(job["folder"]) if job.get("folder") else None)
 
     def info(self, job_id: str) -> JobInfo | None:
         """What Slurm last said about a job (asking again, for every job followed, at most every refresh_s)."""
@@ -343,6 +382,7 @@ class SlurmRun:
     executor: SlurmExecutor
     seen: str = ""  # the job state last written to the record
     ended: JobInfo | None = None
+    folder: Path | None = None  # submitit's files of the job; None: <run dir>/slurm
 
     def poll(self) -> int | None:
         """0 once the job ended (what it left is read by `ending`), else None."""
@@ -381,7 +421,7 @@ class SlurmRun:
         Slurm's reason, resumable from the last checkpoint."""
         ended = self.ended or JobInfo(GONE)
         job = f"slurm job {self.job_id}"
-        folder = run_dir(self.executor.home, self.run_id) / JOB_FOLDER
+        folder = self.folder or run_dir(self.executor.home, self.run_id) / JOB_FOLDER
         result = _job_result(folder, self.job_id)
         if result is not None and result[0] == "error":
             last = [line for line in str(result[1]).strip().splitlines() if line.strip()]

@@ -62,6 +62,9 @@ class Executor(Protocol):
     def follow(self, record: dict[str, Any]) -> RunningRun | None:
         """A run started by a worker that is gone, if this executor can still follow it."""
 
+    # An executor whose `submits_arrays` is true also has start_array(records) -> [RunningRun]:
+    # the worker then claims runs in batches and starts each batch at once (a Slurm job array).
+
 
 @dataclass
 class LocalRun:
@@ -176,6 +179,8 @@ class Worker:
 
     def _fill_slots(self) -> bool:
         """Claim queued runs, in queue order, while the next one has room to start."""
+        if getattr(self.executor, "submits_arrays", False):
+            return self._fill_as_array()
         claimed = False
         while not self.stopping and self.placement.has_room():
             self._learn_memory()
@@ -194,6 +199,33 @@ class Worker:
                 continue
             self.report.started(record, slot.label())
         return claimed
+
+    def _fill_as_array(self) -> bool:
+        """Claim the queued runs there is room for and start them together (one Slurm job
+        array), once every run of the previous array has ended: the array's own limit on
+        the tasks running at once is then the only limit."""
+        if self.running or self.stopping:
+            return False
+        claims: list[tuple[dict[str, Any], Slot]] = []
+        while self.placement.has_room():
+            record = queue.claim_next(self.store, worker_identity())
+            if record is None:
+                break
+            claims.append((record, self.placement.take(record)))
+        if not claims:
+            return False
+        try:
+            runs = self.executor.start_array([record for record, _ in claims])  # type: ignore[attr-defined]
+        except BudgetTuiError as error:  # refused as a whole: each of its runs fails, the queue goes on
+            for record, slot in claims:
+                self.placement.release(slot)
+                self._record_failure(record["id"], None, f"cannot start: {error}")
+                self.report.finished(self._as_recorded(record), slot.label())
+            return True
+        for (record, slot), run in zip(claims, runs):
+            self.running[slot] = run
+            self.report.started(record, slot.label())
+        return True
 
     def _learn_memory(self) -> None:
         """When packing, read the peaks that finished runs recorded, whenever the history changed."""
@@ -325,7 +357,7 @@ def stop_workers(home: Path, grace_s: float = STOP_GRACE_S + 5) -> list[int]:
 # --- the worker's options, shared by `budget-tui worker` and `python -m engine.worker`
 SLURM_OPTIONS: dict[str, type] = {  # Slurm job settings (engine.slurm.SlurmSettings) as options
     "partition": str, "time": int, "cpus": int, "gpus_per_run": int, "mem": str, "account": str,
-    "sbatch": list, "max_jobs": int,
+    "sbatch": list, "max_jobs": int, "array": int,
 }
 
 
@@ -377,7 +409,8 @@ def build_executor(home: Path, options: WorkerOptions) -> tuple[Placement, Execu
                            f"with --executor slurm each run is a job (see --max-jobs)")
         settings = slurm.SlurmSettings.load(home, options.slurm)
         slurm.check_available()
-        return Placement([Slot(None, job=index) for index in range(1, settings.max_jobs + 1)]), \
+        followed = settings.array or settings.max_jobs  # runs in flight: an array's tasks wait in Slurm
+        return Placement([Slot(None, job=index) for index in range(1, followed + 1)]), \
             slurm.SlurmExecutor(home, settings, options.data_root)
     if options.executor == "local":
         given = [f"--{name.replace('_', '-')}" for name in options.given_slurm_options()]

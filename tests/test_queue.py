@@ -224,7 +224,7 @@ def test_detached_worker_outlives_its_terminal_and_runs_the_queue(tmp_path):
 def test_worker_options_survive_the_detached_command_line(tmp_path):
     """What `budget-tui worker --detach` asks for is what the detached `python -m engine.worker` gets."""
     slurm = {"partition": "gpu", "time": 30, "cpus": None, "gpus_per_run": 1, "mem": "8G", "account": None,
-             "sbatch": ["--qos=high", "--exclusive"], "max_jobs": 3}
+             "sbatch": ["--qos=high", "--exclusive"], "max_jobs": 3, "array": 20}
     for options in (WorkerOptions(), WorkerOptions(gpus="", once=True, data_root=tmp_path / "a data root"),
                     WorkerOptions(executor="slurm", auto_resume=True, slurm=slurm),
                     WorkerOptions(slots=2, once=True),

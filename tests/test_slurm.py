@@ -12,14 +12,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from engine import queue
 from engine.config import RunConfig
-from engine.errors import BadInput
+from engine.errors import BadInput, BudgetTuiError
+from engine.scheduling import Slot
 from engine.slurm import ChildJob, HomeNotShared, SlurmSettings
 from engine.store import Store
+from engine.worker import Worker
 from tests.slurm_cluster import slurm_cluster  # noqa: F401  (fixture)
 
 QUICK = RunConfig(dataset="digits", model="small_cnn", epochs=2, batch_size=64, crop_padding=1,
@@ -78,7 +81,8 @@ def stop(worker: subprocess.Popen) -> None:
 def test_settings_file_then_options_and_bad_settings_exit_2(tmp_path):
     (tmp_path / "slurm.toml").write_text('partition = "gpu"\ntime = 30\nsbatch = ["--qos=high", "--exclusive"]\n')
     settings = SlurmSettings.load(tmp_path, {"time": 5, "max_jobs": 2, "mem": None})
-    assert (settings.partition, settings.time, settings.max_jobs) == ("gpu", 5, 2)
+    assert (settings.partition, settings.time, settings.max_jobs, settings.array) == ("gpu", 5, 2, 0)
+    assert SlurmSettings.load(tmp_path, {"array": 50}).array == 50
     parameters = settings.submitit_parameters()
     assert parameters["additional_parameters"] == {"qos": "high", "exclusive": True}
     assert parameters["partition"] == "gpu" and parameters["time"] == 5 and "mem" not in parameters
@@ -115,6 +119,59 @@ def test_reconcile_never_judges_a_slurm_run_by_its_pid(tmp_path):
     assert store.get_run(slurm_run)["state"] == "running"
 
 
+class ArrayExecutor:
+    """Takes claimed runs in batches, as the Slurm executor does with --array."""
+
+    submits_arrays = True
+    runs_outlive_worker = True
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.batches: list[list[int]] = []
+        self.refuse = refuse
+
+    def follow(self, record):
+        return None
+
+    def start_array(self, records):
+        if self.refuse:
+            raise BudgetTuiError("sbatch refused run 1, 2, 3: QOSMaxSubmitJobPerUserLimit")
+        self.batches.append([record["id"] for record in records])
+        return [SimpleNamespace(run_id=record["id"]) for record in records]
+
+
+def test_an_array_worker_submits_what_fits_then_waits_for_the_array_to_end(tmp_path):
+    store = Store(tmp_path / "history.json")
+    ids = queue.enqueue(store, "p", [QUICK.replace(seed=seed) for seed in range(5)])
+    executor = ArrayExecutor()
+    worker = Worker(tmp_path, [Slot(None, job=index) for index in (1, 2, 3)], executor)
+    assert worker._fill_slots()
+    assert executor.batches == [ids[:3]]
+    assert not worker._fill_slots() and executor.batches == [ids[:3]]  # two tasks still queued, none submitted
+    for slot in list(worker.running)[:2]:  # two tasks end: the array is still in flight
+        del worker.running[slot]
+        worker.placement.release(slot)
+    assert not worker._fill_slots() and executor.batches == [ids[:3]]
+    for slot in list(worker.running):
+        del worker.running[slot]
+        worker.placement.release(slot)
+    assert worker._fill_slots()
+    assert executor.batches == [ids[:3], ids[3:]]
+    assert [store.get_run(run_id)["state"] for run_id in ids] == ["running"] * 5
+
+
+def test_an_array_slurm_refuses_fails_each_of_its_runs_and_the_queue_goes_on(tmp_path):
+    store = Store(tmp_path / "history.json")
+    ids = queue.enqueue(store, "p", [QUICK.replace(seed=seed) for seed in range(3)])
+    worker = Worker(tmp_path, [Slot(None, job=index) for index in (1, 2, 3)], ArrayExecutor(refuse=True))
+    assert worker._fill_slots()
+    assert not worker.running and worker.placement.has_room()
+    for run_id in ids:
+        record = store.get_run(run_id)
+        assert record["state"] == "failed"
+        assert record["outcome"]["message"] == ("cannot start: sbatch refused run 1, 2, 3: "
+                                                "QOSMaxSubmitJobPerUserLimit")
+
+
 # --- against the test cluster
 @pytest.mark.slow
 def test_a_grid_drains_through_slurm_with_job_ids_recorded(slurm_cluster, tmp_path):  # noqa: F811
@@ -145,6 +202,50 @@ def test_a_grid_drains_through_slurm_with_job_ids_recorded(slurm_cluster, tmp_pa
     for run in runs:
         assert starts_in_log(home, run["id"]) == [starts_in_log(home, run["id"])[0]]
         assert f"slurm job {run['slurm']['job_id']}" in starts_in_log(home, run["id"])[0]
+
+
+@pytest.mark.slow
+def test_a_grid_goes_as_one_job_array_that_runs_max_jobs_tasks_at_once(slurm_cluster, tmp_path):  # noqa: F811
+    home = tmp_path / "home"
+    added = budget_tui(slurm_cluster, "queue", "add", "digits-quick", "--set", "epochs=2", "--set", "threads=1",
+                       "--grid", "budget=0.3,0.6", "--seeds", "2", "--home", str(home), "--json")
+    ids = json.loads(added.stdout)["ids"]
+    store = Store(home / "history.json")
+    # The node has two CPUs and each task asks for one: --max-jobs 1 must hold them to one at a time.
+    worker = slurm_worker(slurm_cluster, home, "--once", "--array", "10", "--max-jobs", "1", "--time", "10")
+    most_running, cancelled = 0, ids[-1]
+    try:
+        job_id = lambda run_id: (store.get_run(run_id).get("slurm") or {}).get("job_id")  # noqa: E731
+        wait_for(lambda: job_id(cancelled), what="the array to be submitted")
+        assert budget_tui(slurm_cluster, "queue", "cancel", str(cancelled), "--home", str(home)).stdout.strip() \
+            == f"{cancelled}: cancelled"
+        listed = lambda: subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True,  # noqa: E731
+                                        text=True, env=slurm_cluster).stdout.split()
+        # scancel took that task alone out of the array: the others are still listed.
+        left = wait_for(lambda: (lambda tasks: tasks if not any(task.startswith(f"{job_id(cancelled)}|")
+                                                                for task in tasks) else None)(listed()),
+                        what="the cancelled task to leave the queue")
+        assert len(left) >= 2, left  # 3 unless the first task already ended
+        while worker.poll() is None:
+            tasks = listed()
+            most_running = max(most_running, sum(task.endswith("|RUNNING") for task in tasks))
+            time.sleep(0.2)
+    finally:
+        if worker.poll() is None:
+            stop(worker)
+    assert worker.returncode == 0, worker.stderr.read()
+    runs = {run["id"]: run for run in store.list_runs()}
+    assert [runs[run_id]["state"] for run_id in ids] == ["done"] * 3 + ["cancelled"], [(runs[run_id].get("outcome"), runs[run_id].get("slurm")) for run_id in ids]
+    arrays = {runs[run_id]["slurm"]["job_id"].partition("_")[0] for run_id in ids}
+    tasks = sorted(int(runs[run_id]["slurm"]["job_id"].partition("_")[2]) for run_id in ids)
+    assert len(arrays) == 1 and tasks == [0, 1, 2, 3], [runs[run_id]["slurm"] for run_id in ids]
+    (array,) = arrays
+    assert most_running == 1
+    assert [path.name for path in (home / "slurm-arrays" / array).glob("*_submission.sh")] == [f"{array}_submission.sh"]
+    for run_id in ids[:3]:
+        assert runs[run_id]["slurm"]["folder"] == str(home / "slurm-arrays" / array)
+        assert f"slurm job {runs[run_id]['slurm']['job_id']} " in starts_in_log(home, run_id)[0]
+        assert not submissions(home, run_id)  # no job of its own
 
 
 def test_cancel_is_scancel_and_a_job_killed_outside_is_interrupted_then_resumes_to_the_same_result(

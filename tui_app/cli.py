@@ -465,7 +465,11 @@ def worker(
     mem: Annotated[Optional[str], typer.Option("--mem", help="Slurm memory per run, e.g. 8G.")] = None,
     account: Annotated[Optional[str], typer.Option("--account", help="Slurm account.")] = None,
     sbatch: Annotated[list[str], typer.Option("--sbatch", help="Extra sbatch flag, e.g. --sbatch=--qos=high.")] = [],
-    max_jobs: Annotated[Optional[int], typer.Option("--max-jobs", help="Slurm jobs in flight at once.")] = None,
+    max_jobs: Annotated[Optional[int], typer.Option(
+        "--max-jobs", help="Slurm jobs in flight at once (with --array: tasks of the array running at once).")] = None,
+    array: Annotated[Optional[int], typer.Option(
+        "--array", help="Submit up to N queued runs as one Slurm job array, the next once it has ended "
+                        "(0: one job per run).")] = None,
     home: HomeOption = None,
     data_root: DataRootOption = None,
     on_drain: Annotated[Optional[str], typer.Option(
@@ -478,7 +482,8 @@ def worker(
 ) -> None:
     """Execute queued runs: here, each in its own process group, one per slot (one per GPU,
     or several per device with --slots, --slots-per-gpu, --pack-memory); or with --executor
-    slurm, each as a Slurm job (settings also in <home>/slurm.toml). Prints a line per run
+    slurm, each as a Slurm job, or many as one job array with --array (settings also in
+    <home>/slurm.toml). Prints a line per run
     as it starts and ends, and "queue drained: ..." (with a bell on a terminal) when the
     queue empties; a detached worker writes them to <home>/worker.log."""
     if context.invoked_subcommand is not None:
@@ -491,7 +496,7 @@ def worker(
                             data_root=data_root, as_json=as_json, on_drain=on_drain,
                             slurm={"partition": partition, "time": time_limit, "cpus": cpus,
                                    "gpus_per_run": gpus_per_run, "mem": mem, "account": account,
-                                   "sbatch": sbatch or None, "max_jobs": max_jobs})
+                                   "sbatch": sbatch or None, "max_jobs": max_jobs, "array": array})
     prepared = prepare_worker(home_dir, options)  # every option checked, here and now, before anything starts
     if detach:
         pid, log = start_detached_worker(home_dir, options)
