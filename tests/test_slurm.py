@@ -333,11 +333,13 @@ def seconds_per_epoch(config: RunConfig, tmp_path: Path) -> float:
 def test_a_run_longer_than_its_time_limit_is_requeued_and_finishes(slurm_cluster, tmp_path):  # noqa: F811
     home = tmp_path / "home"
     home.mkdir()
-    # Slurm signals the job 20-40 s before its 1-minute limit (its timer ticks every ~30 s);
-    # the requeued job is eligible 2 minutes later. The run is sized from this machine's own
-    # speed to need about 50 s of training: longer than one such job, on a fast machine too.
-    (home / "slurm.toml").write_text("time = 1\nsignal_delay_s = 20\n")
-    epochs = max(25, math.ceil(50 / seconds_per_epoch(QUICK, tmp_path)))
+    # Slurm signals the job 20-40 s before its 1-minute limit (its timer ticks every ~30 s), so
+    # a job trains for at most ~35 s after its start-up; the requeued job is eligible 2 minutes
+    # later. The run is sized from this machine's own speed to need about 40 s of training:
+    # longer than one such job, on a fast machine too, and mostly done by the second. Requeues
+    # are not capped at the default 3 here: a loaded machine may need a third job or a fourth.
+    (home / "slurm.toml").write_text("time = 1\nsignal_delay_s = 20\nmax_requeues = 8\n")
+    epochs = max(20, math.ceil(40 / seconds_per_epoch(QUICK, tmp_path)))
     store = Store(home / "history.json")
     (run_id,) = queue.enqueue(store, "p", [QUICK.replace(epochs=epochs)])
     worker = slurm_worker(slurm_cluster, home, "--once")
