@@ -197,7 +197,7 @@ class Worker:
                 self._record_failure(record["id"], None, f"cannot start: {error}")
                 self.report.finished(self._as_recorded(record), slot.label())
                 continue
-            self.report.started(record, slot.label())
+            self.report.started(record, self._where(slot, self.running[slot]))
         return claimed
 
     def _fill_as_array(self) -> bool:
@@ -224,8 +224,14 @@ class Worker:
             return True
         for (record, slot), run in zip(claims, runs):
             self.running[slot] = run
-            self.report.started(record, slot.label())
+            self.report.started(record, self._where(slot, run))
         return True
+
+    @staticmethod
+    def _where(slot: Slot, run: RunningRun) -> str:
+        """Where a run runs, for its start and end lines: its Slurm job, else its slot."""
+        job_id = getattr(run, "job_id", None)
+        return f"slurm job {job_id}" if job_id else slot.label()
 
     def _learn_memory(self) -> None:
         """When packing, read the peaks that finished runs recorded, whenever the history changed."""
@@ -245,7 +251,7 @@ class Worker:
             if run is not None:
                 slot = self.placement.take(record, free.pop(0))
                 self.running[slot] = run
-                self.report.started(record, slot.label(), followed=True)
+                self.report.started(record, self._where(slot, run), followed=True)
 
     def _reap(self) -> None:
         for slot, run in list(self.running.items()):
@@ -258,7 +264,7 @@ class Worker:
         """A child that died without recording its outcome (killed, crashed) is recorded
         here; either way, its end is reported as the history holds it."""
         self._record(run.run_id, *run.ending())
-        self.report.finished(self._as_recorded({"id": run.run_id}), slot.label())
+        self.report.finished(self._as_recorded({"id": run.run_id}), self._where(slot, run))
 
     def _as_recorded(self, claimed: dict[str, Any]) -> dict[str, Any]:
         """The run's record now, or what the worker knew of it if the history cannot be

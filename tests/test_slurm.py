@@ -136,10 +136,11 @@ class ArrayExecutor:
         if self.refuse:
             raise BudgetTuiError("sbatch refused run 1, 2, 3: QOSMaxSubmitJobPerUserLimit")
         self.batches.append([record["id"] for record in records])
-        return [SimpleNamespace(run_id=record["id"]) for record in records]
+        return [SimpleNamespace(run_id=record["id"], job_id=f"{len(self.batches)}_{task}")
+                for task, record in enumerate(records)]
 
 
-def test_an_array_worker_submits_what_fits_then_waits_for_the_array_to_end(tmp_path):
+def test_an_array_worker_submits_what_fits_then_waits_for_the_array_to_end(tmp_path, capsys):
     store = Store(tmp_path / "history.json")
     ids = queue.enqueue(store, "p", [QUICK.replace(seed=seed) for seed in range(5)])
     executor = ArrayExecutor()
@@ -157,6 +158,9 @@ def test_an_array_worker_submits_what_fits_then_waits_for_the_array_to_end(tmp_p
     assert worker._fill_slots()
     assert executor.batches == [ids[:3], ids[3:]]
     assert [store.get_run(run_id)["state"] for run_id in ids] == ["running"] * 5
+    started = [line for line in capsys.readouterr().out.splitlines() if " started on " in line]
+    assert [line.split(" started on ")[1].split(":")[0] for line in started] == [
+        "slurm job 1_0", "slurm job 1_1", "slurm job 1_2", "slurm job 2_0", "slurm job 2_1"]
 
 
 def test_an_array_slurm_refuses_fails_each_of_its_runs_and_the_queue_goes_on(tmp_path):
