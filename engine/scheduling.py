@@ -309,11 +309,14 @@ class Placement:
 
     def labels(self) -> list[str]:
         """One short line per device: "gpu 0", "cpu x2 (1 thread each)", "gpu 0 up to 8 runs
-        within 72.0 of 80.0 GiB (2 threads each)"."""
+        within 72.0 of 80.0 GiB (2 threads each)"; a cluster's job slots as one line, "slurm,
+        up to 4 runs in flight"."""
         groups: dict[str, list[Slot]] = {}
         for slot in self.slots:
-            groups.setdefault(slot.device_label(), []).append(slot)
-        labels = []
+            if slot.job is None:
+                groups.setdefault(slot.device_label(), []).append(slot)
+        jobs = sum(slot.job is not None for slot in self.slots)
+        labels = [f"slurm, up to {jobs} run{'s' if jobs != 1 else ''} in flight"] if jobs else []
         for device, slots in groups.items():
             first = slots[0]
             if len(slots) == 1 and first.lane is None:

@@ -312,6 +312,7 @@ def test_a_worker_without_placement_flags_fills_each_free_slot_once(tmp_path):
     assert worker._fill_slots() and not worker._fill_slots()
     assert [(run.run_id, slot.label()) for slot, run in worker.running.items()] == [
         (ids[0], "job 1"), (ids[1], "job 2")]
+    assert worker.placement.labels() == ["slurm, up to 2 runs in flight"]  # not one label per job slot
     worker.running[Slot(None, job=1)].code = 0
     worker._reap()
     assert worker.placement.free_slots() == [Slot(None, job=1)]
