@@ -193,9 +193,7 @@ class Worker:
             try:
                 self.running[slot] = self.executor.start(record, slot)
             except BudgetTuiError as error:  # its folder or log cannot be written: that run fails, the queue goes on
-                self.placement.release(slot)
-                self._record_failure(record["id"], None, f"cannot start: {error}")
-                self.report.finished(self._as_recorded(record), slot.label())
+                self._fail_to_start(record, slot, error)
                 continue
             self.report.started(record, self._where(slot, self.running[slot]))
         return claimed
@@ -218,14 +216,18 @@ class Worker:
             runs = self.executor.start_array([record for record, _ in claims])  # type: ignore[attr-defined]
         except BudgetTuiError as error:  # refused as a whole: each of its runs fails, the queue goes on
             for record, slot in claims:
-                self.placement.release(slot)
-                self._record_failure(record["id"], None, f"cannot start: {error}")
-                self.report.finished(self._as_recorded(record), slot.label())
+                self._fail_to_start(record, slot, error)
             return True
         for (record, slot), run in zip(claims, runs):
             self.running[slot] = run
             self.report.started(record, self._where(slot, run))
         return True
+
+    def _fail_to_start(self, record: dict[str, Any], slot: Slot, error: BudgetTuiError) -> None:
+        """A claimed run that could not be started fails with the cause; its slot is free again."""
+        self.placement.release(slot)
+        self._record_failure(record["id"], None, f"cannot start: {error}")
+        self.report.finished(self._as_recorded(record), slot.label())
 
     @staticmethod
     def _where(slot: Slot, run: RunningRun) -> str:

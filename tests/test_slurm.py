@@ -37,6 +37,13 @@ def budget_tui(environment: dict[str, str], *args: str, check: bool = True) -> s
     return done
 
 
+def queue_digits_grid(environment: dict[str, str], home: Path, budgets: str) -> list[int]:
+    """`queue add` of a 2-epoch digits grid over `budgets` x 2 seeds; the ids, in queue order."""
+    added = budget_tui(environment, "queue", "add", "digits-quick", "--set", "epochs=2", "--set", "threads=1",
+                       "--grid", f"budget={budgets}", "--seeds", "2", "--home", str(home), "--json")
+    return json.loads(added.stdout)["ids"]
+
+
 def slurm_worker(environment: dict[str, str], home: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tui_app.cli", "worker", "--executor", "slurm",
                              "--home", str(home), *extra], env=environment,
@@ -140,11 +147,16 @@ class ArrayExecutor:
                 for task, record in enumerate(records)]
 
 
+def array_worker(home: Path, runs: int, executor: ArrayExecutor) -> tuple[Store, list[int], Worker]:
+    """`runs` queued digits runs and a worker of three job slots over `executor`."""
+    store = Store(home / "history.json")
+    ids = queue.enqueue(store, "p", [QUICK.replace(seed=seed) for seed in range(runs)])
+    return store, ids, Worker(home, [Slot(None, job=index) for index in (1, 2, 3)], executor)
+
+
 def test_an_array_worker_submits_what_fits_then_waits_for_the_array_to_end(tmp_path, capsys):
-    store = Store(tmp_path / "history.json")
-    ids = queue.enqueue(store, "p", [QUICK.replace(seed=seed) for seed in range(5)])
     executor = ArrayExecutor()
-    worker = Worker(tmp_path, [Slot(None, job=index) for index in (1, 2, 3)], executor)
+    store, ids, worker = array_worker(tmp_path, 5, executor)
     assert worker._fill_slots()
     assert executor.batches == [ids[:3]]
     assert not worker._fill_slots() and executor.batches == [ids[:3]]  # two tasks still queued, none submitted
@@ -164,9 +176,7 @@ def test_an_array_worker_submits_what_fits_then_waits_for_the_array_to_end(tmp_p
 
 
 def test_an_array_slurm_refuses_fails_each_of_its_runs_and_the_queue_goes_on(tmp_path):
-    store = Store(tmp_path / "history.json")
-    ids = queue.enqueue(store, "p", [QUICK.replace(seed=seed) for seed in range(3)])
-    worker = Worker(tmp_path, [Slot(None, job=index) for index in (1, 2, 3)], ArrayExecutor(refuse=True))
+    store, ids, worker = array_worker(tmp_path, 3, ArrayExecutor(refuse=True))
     assert worker._fill_slots()
     assert not worker.running and worker.placement.has_room()
     for run_id in ids:
@@ -180,9 +190,7 @@ def test_an_array_slurm_refuses_fails_each_of_its_runs_and_the_queue_goes_on(tmp
 @pytest.mark.slow
 def test_a_grid_drains_through_slurm_with_job_ids_recorded(slurm_cluster, tmp_path):  # noqa: F811
     home = tmp_path / "home"
-    added = budget_tui(slurm_cluster, "queue", "add", "digits-quick", "--set", "epochs=2", "--set", "threads=1",
-                       "--grid", "budget=0.3,0.6,1.0", "--seeds", "2", "--home", str(home), "--json")
-    ids = json.loads(added.stdout)["ids"]
+    ids = queue_digits_grid(slurm_cluster, home, "0.3,0.6,1.0")
     assert len(ids) == 6
     worker = slurm_worker(slurm_cluster, home, "--once", "--max-jobs", "3", "--time", "10")
     shown = set()  # what `queue ls` showed while the grid drained: 3 jobs on 2 CPUs, so one waits
@@ -211,9 +219,7 @@ def test_a_grid_drains_through_slurm_with_job_ids_recorded(slurm_cluster, tmp_pa
 @pytest.mark.slow
 def test_a_grid_goes_as_one_job_array_that_runs_max_jobs_tasks_at_once(slurm_cluster, tmp_path):  # noqa: F811
     home = tmp_path / "home"
-    added = budget_tui(slurm_cluster, "queue", "add", "digits-quick", "--set", "epochs=2", "--set", "threads=1",
-                       "--grid", "budget=0.3,0.6", "--seeds", "2", "--home", str(home), "--json")
-    ids = json.loads(added.stdout)["ids"]
+    ids = queue_digits_grid(slurm_cluster, home, "0.3,0.6")
     store = Store(home / "history.json")
     # The node has two CPUs and each task asks for one: --max-jobs 1 must hold them to one at a time.
     worker = slurm_worker(slurm_cluster, home, "--once", "--array", "10", "--max-jobs", "1", "--time", "10")
